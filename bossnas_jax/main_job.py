@@ -1,4 +1,4 @@
-"""The main job: train every block, rate, search and export (built up issue by issue).
+"""The main job: train every block, rate, search and export (SPEC III.3-III.5).
 
 `launch/train_blocks.py` is a thin wrapper around `run`.
 """
@@ -6,26 +6,81 @@
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import ml_collections
 
+from bossnas_jax import parallel, summary, utils
 from bossnas_jax import search_space as ss
-from bossnas_jax import summary, utils
-from bossnas_jax.models import supernet
+from bossnas_jax.train import loop
+
+
+class ConfigError(ValueError):
+  """A config value out of range; the message names the field and the allowed values."""
+
+
+def _require(ok: bool, field: str, value, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field} = {value!r} is not allowed: {allowed}.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> ss.Architecture:
+  """Validates every value the job uses before any work starts; returns the prefix architecture."""
+  m, d, t, r = config.model, config.data, config.train, config.rating
+  try:
+    summary.dims_from_config(config)
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
+  for f in ("neck_hidden", "proj_dim", "pred_hidden"):
+    _require(int(m[f]) > 0, f"model.{f}", m[f], "a positive integer")
+  _require(m.compute_dtype in ("auto", "float32", "bfloat16"), "model.compute_dtype",
+           m.compute_dtype, "'auto', 'float32' or 'bfloat16'")
+  for f in ("batch_size", "accumulate_steps", "epochs_per_block", "checkpoint_every_steps",
+            "keep_checkpoints", "log_every_steps"):
+    _require(int(t[f]) >= 1, f"train.{f}", t[f], "an integer >= 1")
+  min_candidates = min(len(ss.candidates(b, s)) for b in range(4) for s in ss.input_scales(b))
+  _require(1 <= int(t.num_paths) <= min_candidates, "train.num_paths", t.num_paths,
+           f"1 .. {min_candidates} (the smallest candidate list)")
+  for f in ("lr", "lars_eta"):
+    _require(float(t[f]) > 0, f"train.{f}", t[f], "a positive number")
+  _require(float(t.weight_decay) >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+  _require(0 <= float(t.momentum) < 1, "train.momentum", t.momentum, "0 <= momentum < 1")
+  _require(0 <= float(t.base_ema) <= float(t.end_ema) <= 1, "train.base_ema", t.base_ema,
+           "0 <= base_ema <= end_ema <= 1")
+  _require(float(t.warmup_epochs) >= 0, "train.warmup_epochs", t.warmup_epochs, ">= 0")
+  _require(0 < float(t.warmup_ratio) <= 1, "train.warmup_ratio", t.warmup_ratio, "in (0, 1]")
+  for f in ("blur_prob", "solarize_prob"):
+    _require(len(d[f]) == 2 and all(0 <= p <= 1 for p in d[f]), f"data.{f}", d[f],
+             "two probabilities in [0, 1] (pipeline 1, pipeline 2)")
+  _require(int(d.num_pairs) >= int(t.num_paths), "data.num_pairs", d.num_pairs,
+           f"at least train.num_paths = {t.num_paths} (each path uses its own view pair)")
+  _require(int(d.calibration_images) >= 1, "data.calibration_images", d.calibration_images,
+           ">= 1")
+  _require(int(r.batch_size) >= 1, "rating.batch_size", r.batch_size, ">= 1")
+  calib = loop.calibration_batch(config)
+  _require(int(d.calibration_images) % calib == 0, "data.calibration_images",
+           d.calibration_images, f"a multiple of the calibration batch {calib} "
+           "(min(rating.batch_size, calibration_images)) so that every batch is full")
+  parallel.check_batch(int(t.batch_size), "train.batch_size")
+  parallel.check_batch(calib, "the calibration batch (min(rating.batch_size, "
+                       "data.calibration_images))")
+  try:
+    return ss.parse_architecture(t.prefix_paths)
+  except ss.SearchSpaceError as e:
+    raise ConfigError(f"config.train.prefix_paths: {e}") from None
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
+  parallel.maybe_initialize_distributed()
+  prefix_arch = check_config(config)
+  run_ = loop.Run.create(config, workdir)  # Opens the data: a missing data set fails here.
+  loop.save_config(config, workdir)
   utils.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
-  dims = summary.dims_from_config(config)
-  summary.print_summary(config)
-  key = jax.random.key(config.seed, impl="rbg")
-  for b in range(ss.NUM_BLOCKS):
-    t = time.perf_counter()
-    variables = jax.block_until_ready(supernet.init_block(dims, b, jax.random.fold_in(key, b)))
-    n = sum(x.size for x in jax.tree.leaves(variables["params"]))
-    print(f"block {b}: built {n:,} parameters on {jax.devices()[0].platform} in "
-          f"{time.perf_counter() - t:.1f} s", flush=True)
-    del variables
+  print(f"bossnas_jax: {jax.process_count()} host(s), {jax.device_count()} "
+        f"{jax.default_backend()} device(s); compute dtype {run_.dtype.__name__}; "
+        f"{len(run_.train_source):,} training images, {run_.micro_per_epoch} micro-batches of "
+        f"{config.train.batch_size} per epoch, {run_.optimizer_steps} optimizer steps per block",
+        flush=True)
+  frozen = loop.train_all_blocks(run_, prefix_arch)
+  chain = "-".join(ss.format_path(f.block.path) for f in frozen)
+  print(f"all blocks trained; frozen chain {chain}; workdir {workdir}", flush=True)

@@ -58,6 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.checkpoint_every_steps = 500  # Optimizer steps between checkpoints (also one per block end).
   t.keep_checkpoints = 3
   t.log_every_steps = 10
+  # Until ratings choose them, the path of each block that the next block trains on.
+  t.prefix_paths = "5433-3230-0010-0000"  # BossNet-T0, the official search's result.
 
   # ---- Rating toward the population centre (SPEC I.7, III.4, D6, D7) ----
   c.rating = r = ml_collections.ConfigDict()
@@ -90,8 +92,8 @@ def _shrink_to_demo(c: ml_collections.ConfigDict) -> None:
   c.model.proj_dim = 64
   c.model.pred_hidden = 256
   c.data.name = "embedded_fashion_mnist"
-  c.data.train_split = "train[:-2000]"
-  c.data.rating_split = "train[-2000:]"
+  c.data.train_split = "train[:2048]"
+  c.data.rating_split = "train[-1000:]"
   c.data.calibration_images = 256
   c.data.worker_count = 0
   c.train.batch_size = 32

@@ -12,6 +12,7 @@ nothing else. No weights are shared between candidates (SPEC I.1.3).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -64,6 +65,37 @@ class Stem(nn.Module):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """One layer of a path, as a self-contained piece: op `op` of layer `layer`, taking input with
+  `in_channels` channels one scale finer (`down`) or at its own scale; the first unit of block 0
+  also runs the stem and the adapter to the op's scale (`stem`)."""
+
+  layer: int
+  op: int
+  down: bool
+  in_channels: int
+  stem: bool = False
+
+  @property
+  def scale(self) -> int:
+    return ss.op_scale(self.op)
+
+
+def path_units(dims: ss.Dims, block: int, in_scale: int, path: ss.Path) -> tuple[Unit, ...]:
+  """The layers of `path` in `block` with input at `in_scale`: the one routing rule."""
+  units, prev = [], in_scale
+  for i, o in enumerate(path):
+    d = ss.op_scale(o)
+    if block == 0 and i == 0:
+      # The adapter brings the stem to the op's own scale: the op sees same-scale input.
+      units.append(Unit(i, o, False, dims.width(d), stem=True))
+    else:
+      units.append(Unit(i, o, d == prev - 1, dims.channels(prev)))
+    prev = d
+  return tuple(units)
+
+
 class SupernetBlock(nn.Module):
   """Block `block` of the supernet, applied along one path (stem first in block 0)."""
 
@@ -73,20 +105,69 @@ class SupernetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, path: ss.Path, in_scale: int, train: bool):
-    if self.block == 0:
-      x = Stem(self.dims, self.dtype, name="stem")(x, train)
-    prev = in_scale
-    for i, o in enumerate(path):
-      d = ss.op_scale(o)
-      if self.block == 0 and i == 0:
-        # The adapter brings the stem to the op's own scale: the op sees same-scale input.
-        x = StemAdapter(self.dims, d, self.dtype, name=f"adapter{d}")(x, train)
-        down = False
-      else:
-        down = d == prev - 1
-      x = make_op(self.dims, o, op_name(i, o), self.dtype)(x, down=down, train=train)
-      prev = d
+    for u in path_units(self.dims, self.block, in_scale, tuple(path)):
+      if u.stem:
+        x = Stem(self.dims, self.dtype, name="stem")(x, train)
+        x = StemAdapter(self.dims, u.scale, self.dtype, name=f"adapter{u.scale}")(x, train)
+      x = make_op(self.dims, u.op, op_name(u.layer, u.op), self.dtype)(
+          x, down=u.down, train=train)
     return x
+
+
+def unit_param_names(unit: Unit) -> dict[str, str]:
+  """Names in a unit's own tree -> names in the block's tree."""
+  names = {"op": op_name(unit.layer, unit.op)}
+  if unit.stem:
+    names.update(stem="stem", adapter=f"adapter{unit.scale}")
+  return names
+
+
+@functools.cache
+def _entry_structure(dims: ss.Dims, unit: Unit):
+  module = make_op(dims, unit.op, "op")
+  d = unit.scale + unit.down
+  x = jax.ShapeDtypeStruct((1, dims.fmap(d), dims.fmap(d), unit.in_channels), jnp.float32)
+  return jax.eval_shape(functools.partial(module.init, down=unit.down, train=True),
+                        jax.random.key(0), x)["params"]
+
+
+def unit_params(block_params: dict, dims: ss.Dims, unit: Unit) -> dict:
+  """A unit's parameters ({'op'} or {'stem', 'adapter', 'op'}), the op's used entry only."""
+  out = {k: block_params[v] for k, v in unit_param_names(unit).items()}
+  out["op"] = _select(out["op"], _entry_structure(dims, unit))
+  return out
+
+
+def set_unit_params(block_params: dict, unit: Unit, sub: dict) -> dict:
+  """Writes a unit's (updated) parameters back into a copy of the block's tree."""
+  out = dict(block_params)
+  for k, v in unit_param_names(unit).items():
+    out[v] = _merge(block_params[v], sub[k])
+  return out
+
+
+def unit_apply(dims: ss.Dims, unit: Unit, params: dict, x, *, train: bool,
+               dtype: Dtype = jnp.float32, batch_stats: dict | None = None,
+               collections: tuple[str, ...] = ("batch_stats",)):
+  """Applies one unit -> (y, {module: mutated collections}).
+
+  In train mode BN uses batch statistics and the running statistics are created fresh; any other
+  `collections` a caller asks for (say, sown BN moments) come back beside them. In eval mode
+  `batch_stats` (nested like `params`) is used and nothing is mutated.
+  """
+  modules = {"op": make_op(dims, unit.op, "op", dtype)}
+  if unit.stem:
+    modules = {"stem": Stem(dims, dtype), "adapter": StemAdapter(dims, unit.scale, dtype),
+               **modules}
+  mutated = {}
+  for k, m in modules.items():
+    kw = {"down": unit.down} if k == "op" else {}
+    if train:
+      x, mutated[k] = m.apply({"params": params[k]}, x, train=True, mutable=list(collections),
+                              **kw)
+    else:
+      x = m.apply({"params": params[k], "batch_stats": batch_stats[k]}, x, train=False, **kw)
+  return x, mutated
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,363 @@
+"""Ensemble bootstrapping for one block (SPEC I.3, Part II D2, D3, D7), as compiled pure functions.
+
+One micro-batch of block b, with 4 distinct candidates P_0..P_3 drawn for it:
+  1. `features`: device augmentation of the 8 views, then the frozen prefix (blocks 0..b-1 along
+     their chosen paths, inference-mode BN, target weights; D3) once per view.
+  2. target pass, per path j: target block + projector on views (j, 4 + j) with shuffle-BN (the
+     batch permuted across all devices before the pass, un-permuted after); L2-normalised
+     projections z_j.
+  3. ensemble targets t1 = mean_j z_j(view j), t2 = mean_j z_j(view 4 + j) (D7: not renormalised).
+  4. online pass, per path j: loss L(q(o(view j)), t2) + L(q(o(view 4 + j)), t1); its gradient with
+     respect to the path's parameters, the projector and the predictor, averaged over devices and
+     added to the accumulator (the 4 paths are summed, each divided by `accumulate_steps`).
+  5. every `accumulate_steps` micro-batches: LARS on the online side, then the EMA of the target
+     (current block and projector only).
+
+Compilation. A path is run layer by layer: each layer (a `supernet.Unit`) and each head is its own
+compiled program, cached by its configuration (op, entry, input width), so the whole search space
+needs a few dozen programs, shared by every path and every block, instead of one per path (436
+paths, tens of seconds each on a CPU). The backward pass of a layer recomputes its forward
+(rematerialisation at layer boundaries): about a quarter more arithmetic, far less memory. Every
+program is `jax.jit(jax.shard_map(...))` over the 'data' mesh; BatchNorm runs in train mode with
+per-device statistics and each view of a pair is normalised on its own. Running statistics
+gathered while training are never used (ratings and prefixes recalibrate them exactly, D6), so no
+step keeps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bossnas_jax import parallel
+from bossnas_jax import search_space as ss
+from bossnas_jax.models import heads, supernet
+from bossnas_jax.train import lars as lars_lib
+
+P = jax.sharding.PartitionSpec
+D = P(parallel.AXIS)
+Tree = Any
+
+
+@flax.struct.dataclass
+class BlockState:
+  """Everything block training changes. online = {'block', 'proj', 'pred'}; target = {'block',
+  'proj'}. The frozen prefix travels separately, read-only."""
+
+  step: jax.Array  # Optimizer steps taken in this block.
+  online: Tree
+  target: Tree
+  opt: lars_lib.LarsState
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """The static description of one block's networks."""
+
+  dims: ss.Dims
+  block: int
+  neck_hidden: int
+  proj_dim: int
+  pred_hidden: int
+  dtype: Any = jnp.float32
+
+  @property
+  def projector(self) -> heads.Projector:
+    return heads.Projector(self.dims, self.neck_hidden, self.proj_dim, self.dtype)
+
+  @property
+  def predictor(self) -> heads.Predictor:
+    return heads.Predictor(self.pred_hidden, self.proj_dim, self.dtype)
+
+  def units(self, in_scale: int, path: ss.Path) -> tuple[supernet.Unit, ...]:
+    return supernet.path_units(self.dims, self.block, in_scale, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisation.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_heads(models: Models, key):
+  proj, pred = models.projector, models.predictor
+  pv = proj.init(key, proj.init_inputs(), train=True, method=heads.Projector.call_all)
+  qv = pred.init(jax.random.fold_in(key, 1), jnp.zeros((1, models.proj_dim)), train=True)
+  return pv["params"], qv["params"]
+
+
+def init_state(models: Models, key, optimizer) -> BlockState:
+  """Online = a fresh block and heads; target = a copy of the online block and projector."""
+  block = supernet.init_block(models.dims, models.block, key)["params"]
+  proj, pred = _init_heads(models, jax.random.fold_in(key, 7))
+  online = {"block": block, "proj": proj, "pred": pred}
+  target = jax.tree.map(jnp.copy, {"block": block, "proj": proj})
+  return BlockState(step=jnp.zeros((), jnp.int32), online=online, target=target,
+                    opt=optimizer.init(online))
+
+
+@functools.cache
+def _proj_structure(proj: heads.Projector, scale: int):
+  d = proj.dims
+  x = jax.ShapeDtypeStruct((1, d.fmap(scale), d.fmap(scale), d.channels(scale)), jnp.float32)
+  return jax.eval_shape(functools.partial(proj.init, train=True), jax.random.key(0), x)["params"]
+
+
+def head_params(models: Models, tree: Tree, scale: int) -> Tree:
+  """The projector's parameters used at output `scale` (and the predictor, if `tree` has one)."""
+  out = {"proj": supernet._select(tree["proj"], _proj_structure(models.projector, scale))}
+  if "pred" in tree:
+    out["pred"] = tree["pred"]
+  return out
+
+
+def set_head_params(tree: Tree, sub: Tree) -> Tree:
+  out = dict(tree)
+  for k, v in sub.items():
+    out[k] = supernet._merge(tree[k], v)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiled programs, one per layer/head configuration.
+
+
+def _per_view(f, pair):
+  """f over each view of a (B, 2, ...) pair: BN statistics per view group."""
+  return jnp.stack([f(pair[:, 0]), f(pair[:, 1])], axis=1)
+
+
+@functools.cache
+def unit_forward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
+  """(unit params, x pair) -> y pair, train-mode BN."""
+  def per_device(params, pair):
+    return _per_view(lambda x: supernet.unit_apply(dims, unit, params, x, train=True,
+                                                   dtype=dtype)[0], pair)
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), D), out_specs=D))
+
+
+@functools.cache
+def unit_backward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, need_dx: bool):
+  """(params, acc, x pair, dy pair) -> (acc + scale * mean-over-devices grad, dx pair or None).
+
+  Recomputes the forward (train-mode BN is deterministic given the input)."""
+  def per_device(params, acc, pair, dy):
+    f = lambda p, x: _per_view(
+        lambda v: supernet.unit_apply(dims, unit, p, v, train=True, dtype=dtype)[0], x)
+    if need_dx:
+      _, vjp = jax.vjp(f, params, pair)
+      dp, dx = vjp(dy)
+    else:
+      _, vjp = jax.vjp(lambda p: f(p, pair), params)
+      (dp,), dx = vjp(dy), None
+    dp = jax.lax.pmean(dp, parallel.AXIS)
+    return jax.tree.map(lambda a, g: a + scale * g, acc, dp), dx
+
+  fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), D, D),
+                     out_specs=(P(), D if need_dx else None))
+  return jax.jit(fn, donate_argnums=1)
+
+
+@functools.cache
+def target_head(models: Models, mesh, scale: int):
+  """(projector params, y pair) -> L2-normalised projections (B, 2, proj_dim)."""
+  proj = models.projector
+
+  def per_device(params, pair):
+    def f(y):
+      z, _ = proj.apply({"params": params["proj"]}, y, train=True, mutable=["batch_stats"])
+      return heads.normalize(z)
+    return _per_view(f, pair)
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), D), out_specs=D))
+
+
+@functools.cache
+def online_head(models: Models, mesh, scale: int, acc_scale: float):
+  """(head params, acc, y pair, targets) -> (acc, dy pair, loss): the symmetric loss
+  L(q(o(y1)), t2) + L(q(o(y2)), t1), its gradients, the loss averaged over devices."""
+  proj, pred = models.projector, models.predictor
+
+  def loss_fn(params, pair, targets):
+    def q(y):
+      z, _ = proj.apply({"params": params["proj"]}, y, train=True, mutable=["batch_stats"])
+      p, _ = pred.apply({"params": params["pred"]}, z, train=True, mutable=["batch_stats"])
+      return p
+    return (heads.regression_loss(q(pair[:, 0]), targets[:, 1])
+            + heads.regression_loss(q(pair[:, 1]), targets[:, 0]))
+
+  def per_device(params, acc, pair, targets):
+    loss, (dp, dy) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, pair, targets)
+    dp = jax.lax.pmean(dp, parallel.AXIS)
+    acc = jax.tree.map(lambda a, g: a + acc_scale * g, acc, dp)
+    return acc, dy, jax.lax.pmean(loss, parallel.AXIS)
+
+  fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), D, D), out_specs=(P(), D, P()))
+  return jax.jit(fn, donate_argnums=1)
+
+
+@functools.cache
+def _shuffle_programs(mesh):
+  """Shuffle-BN: each view group of a pair permuted over the whole global batch, and back."""
+  sharding = parallel.batch_sharded(mesh)
+
+  def perms(key, n):
+    return jnp.stack([jax.random.permutation(jax.random.fold_in(key, v), n) for v in (0, 1)])
+
+  def shuffle(pair, key):
+    p = perms(key, pair.shape[0])
+    out = jnp.stack([pair[p[v], v] for v in (0, 1)], axis=1)
+    return jax.lax.with_sharding_constraint(out, sharding)
+
+  def unshuffle(pair, key):
+    inv = jnp.argsort(perms(key, pair.shape[0]), axis=1)
+    out = jnp.stack([pair[inv[v], v] for v in (0, 1)], axis=1)
+    return jax.lax.with_sharding_constraint(out, sharding)
+
+  return jax.jit(shuffle), jax.jit(unshuffle)
+
+
+@functools.cache
+def _pair_program(mesh):
+  sharding = parallel.batch_sharded(mesh)
+
+  def take(feats, j):
+    half = feats.shape[1] // 2
+    out = jnp.stack([feats[:, j], feats[:, half + j]], axis=1)
+    return jax.lax.with_sharding_constraint(out, sharding)
+
+  return jax.jit(take)
+
+
+# ------------------------------------------------------------------------------------------------
+# One block's training: the prefix, micro-batches and the optimizer step.
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixBlock:
+  """A frozen earlier block: its path, input scale and variables (target weights with
+  recalibrated BN statistics), applied in inference mode."""
+
+  block: int
+  in_scale: int
+  path: ss.Path
+
+
+class BlockTrainer:
+  """The compiled pieces of one block's training on a mesh."""
+
+  def __init__(self, models: Models, mesh, *, accumulate_steps: int, augment: Callable,
+               optimizer, prefix: Sequence[PrefixBlock] = ()):
+    self.models = models
+    self.mesh = mesh
+    self.acc_scale = 1.0 / accumulate_steps
+    self.augment = augment  # (key, uint8 views (B, V, H, W, 3)) -> normalised float views.
+    self.optimizer = optimizer
+    self.prefix = tuple(prefix)
+    self._features = self._build_features()
+    self._update = self._build_update()
+
+  @property
+  def in_scale(self) -> int:
+    return ss.output_scale(self.prefix[-1].path) if self.prefix else ss.STEM_SCALE
+
+  def _build_features(self):
+    models, prefix = self.models, self.prefix
+
+    def per_device(prefix_vars, views, key):
+      key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
+      x = self.augment(key, views).astype(models.dtype)
+      b, v = x.shape[:2]
+      x = x.reshape((b * v,) + x.shape[2:])
+      # Inference-mode BN (recalibrated statistics), so all views can share one batch.
+      for pb, variables in zip(prefix, prefix_vars):
+        module = supernet.SupernetBlock(models.dims, pb.block, models.dtype)
+        x = module.apply(variables, x, path=pb.path, in_scale=pb.in_scale, train=False)
+      return x.reshape((b, v) + x.shape[1:])
+
+    return jax.jit(jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), D, P()),
+                                 out_specs=D))
+
+  def _build_update(self):
+    optimizer = self.optimizer
+
+    def fn(state: BlockState, acc, lr, ema):
+      updates, opt = optimizer.update(acc, state.opt, state.online, learning_rate=lr)
+      online = jax.tree.map(lambda w, u: w + u, state.online, updates)
+      # EMA after the optimizer step, over the current block and projector only.
+      target = jax.tree.map(lambda t, o: ema * t + (1 - ema) * o, state.target,
+                            {"block": online["block"], "proj": online["proj"]})
+      zeros = jax.tree.map(jnp.zeros_like, acc)
+      return BlockState(step=state.step + 1, online=online, target=target, opt=opt), zeros
+
+    return jax.jit(fn, donate_argnums=(0, 1))
+
+  # -- pieces of a micro-batch ----------------------------------------------------------------
+  def features(self, prefix_vars, views, key):
+    """Augmented views through the frozen prefix: (B, 8, h, w, c) split over devices."""
+    return self._features(prefix_vars, views, key)
+
+  def target(self, state: BlockState, in_scale: int, path: ss.Path, pair, key):
+    """Normalised target projections (B, 2, D) of a view pair, with shuffle-BN."""
+    m, dims, dtype = self.models, self.models.dims, self.models.dtype
+    shuffle, unshuffle = _shuffle_programs(self.mesh)
+    x = shuffle(pair, key)
+    for u in m.units(in_scale, path):
+      x = unit_forward(dims, dtype, self.mesh, u)(
+          supernet.unit_params(state.target["block"], dims, u), x)
+    d = ss.output_scale(path)
+    z = target_head(m, self.mesh, d)(head_params(m, state.target, d), x)
+    return unshuffle(z, key)
+
+  def online(self, state: BlockState, acc: Tree, in_scale: int, path: ss.Path, pair, targets):
+    """Adds the path's gradient to `acc`; returns (acc, the path's symmetric loss)."""
+    m, dims, dtype = self.models, self.models.dims, self.models.dtype
+    units = m.units(in_scale, path)
+    params = [supernet.unit_params(state.online["block"], dims, u) for u in units]
+    xs = [pair]
+    for u, p in zip(units, params):
+      xs.append(unit_forward(dims, dtype, self.mesh, u)(p, xs[-1]))
+    d = ss.output_scale(path)
+    acc_heads, dy, loss = online_head(m, self.mesh, d, self.acc_scale)(
+        head_params(m, state.online, d), head_params(m, acc, d), xs[-1], targets)
+    acc = set_head_params(acc, acc_heads)
+    block_acc = acc["block"]
+    for i in reversed(range(len(units))):
+      u = units[i]
+      back = unit_backward(dims, dtype, self.mesh, u, self.acc_scale, need_dx=i > 0)
+      sub, dy = back(params[i], supernet.unit_params(block_acc, dims, u), xs[i], dy)
+      block_acc = supernet.set_unit_params(block_acc, u, sub)
+    return {**acc, "block": block_acc}, loss
+
+  def micro_step(self, state: BlockState, acc: Tree, prefix_vars, views, key,
+                 candidates: Sequence[tuple[int, ss.Path]]):
+    """One micro-batch: features, ensemble targets, online gradients of all sampled paths."""
+    feats = self.features(prefix_vars, views, jax.random.fold_in(key, 0))
+    take = _pair_program(self.mesh)
+    pairs = [take(feats, j) for j in range(len(candidates))]
+    zs = [self.target(state, s, p, pair, jax.random.fold_in(key, 1 + j))
+          for j, ((s, p), pair) in enumerate(zip(candidates, pairs))]
+    targets = sum(zs[1:], zs[0]) / len(zs)  # Mean of normalised projections (D7).
+    losses = []
+    for (s, p), pair in zip(candidates, pairs):
+      acc, loss = self.online(state, acc, s, p, pair, targets)
+      losses.append(loss)
+    return acc, losses
+
+  def update(self, state: BlockState, acc: Tree, lr: float, ema: float):
+    """LARS step, then EMA; returns the new state and a zeroed accumulator."""
+    return self._update(state, acc, jnp.float32(lr), jnp.float32(ema))
+
+
+def sample_paths(candidates: Sequence, num_paths: int, seed: int, block: int, micro: int):
+  """`num_paths` distinct candidates for micro-batch `micro` of `block`: the same on every host,
+  reproducible from the run seed (D8)."""
+  rng = np.random.default_rng([seed, block, micro])
+  return [candidates[i] for i in rng.choice(len(candidates), num_paths, replace=False)]
