@@ -1,0 +1,374 @@
+"""Export of a searched architecture (SPEC III.5): architecture.json, a retraining config, plots.
+
+`search_and_export(workdir, config_or_args)` is what the main job and `launch/search.py` call: it
+reads the rank files, searches, writes into the workdir
+
+  architecture.json     the 4 paths, 16 op indices, BossNet stage encoding, MAdds and params in
+                        both conventions, per-block scores, budget, strategy, resolution
+  retrain_config.py     get_config() for the retraining: configs/retrain.py plus this network
+  search_pareto.png     score against MAdds: Pareto front, a cloud of other architectures, the
+                        choice, the budget
+  block_scores.png      each block's score distribution per input scale
+
+and prints the choice, its cost and these paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from bossnas_jax import search as sr
+from bossnas_jax import search_space as ss
+from bossnas_jax.models import bossnet_spec as bs
+from bossnas_jax.models import cost
+
+ARCHITECTURE_JSON = "architecture.json"
+RETRAIN_CONFIG = "retrain_config.py"
+PARETO_PNG = "search_pareto.png"
+BLOCK_SCORES_PNG = "block_scores.png"
+FORMAT_VERSION = 1
+# Options of the exported BossNet besides its encoding: T0's, with every stage at its own stride.
+BOSSNET_OPTIONS = {"act": "silu", "se": True, "last_stride": 2,
+                   "empty_stage_stride": sr.EMPTY_STAGE_STRIDE}
+
+
+class ExportError(ValueError):
+  """A missing or inconsistent architecture.json."""
+
+
+# ------------------------------------------------------------------------------------------------
+# architecture.json
+
+
+def _cost_dict(c: cost.Cost) -> dict:
+  return {"madds": c.madds, "params": c.params}
+
+
+def architecture_costs(arch: ss.Architecture, resolution: int) -> dict[str, cost.Cost]:
+  """The exported BossNet's cost in both conventions."""
+  return {conv: cost.architecture_cost(arch, resolution, conv, **BOSSNET_OPTIONS)
+          for conv in cost.CONVENTIONS}
+
+
+def architecture_record(result: sr.SearchResult) -> dict:
+  arch, st = result.architecture, result.settings
+  opt = result.optimum
+  return {
+      "format": FORMAT_VERSION,
+      "architecture": str(arch),
+      "paths": [ss.format_path(p) for p in arch.paths],
+      "ops": list(arch.ops),
+      "block_input_scales": [ss.SCALE_NAMES[arch.input_scale(b)] for b in range(ss.NUM_BLOCKS)],
+      "stage_encoding": [list(s) for s in arch.stage_encoding()],
+      "bossnet": dict(BOSSNET_OPTIONS),
+      "resolution": st.resolution,
+      "cost": {k: _cost_dict(v) for k, v in architecture_costs(arch, st.resolution).items()},
+      "score": result.chosen.score,
+      "block_scores": list(result.chosen.block_scores),
+      "strategy": st.strategy,
+      "budget": {"max_madds": st.max_madds, "max_params": st.max_params,
+                 "convention": st.convention},
+      "within_budget": result.within_budget,
+      "search": {
+          **{k: v for k, v in dataclasses.asdict(st).items()
+             if k not in ("strategy", "max_madds", "max_params", "resolution", "convention")},
+          "num_architectures": result.num_architectures,
+          "evaluated": result.evaluated,
+          "pareto_front_size": len(result.front),
+          "exact_optimum": str(opt.architecture) if opt else None,
+          "exact_optimum_score": opt.score if opt else None,
+          "notes": list(result.notes),
+      },
+  }
+
+
+def _dumps(x, depth: int = 0) -> str:
+  """JSON with one key per line but short lists (ops, scores, the stage encoding) on one line."""
+  pad, end = "  " * (depth + 1), "  " * depth
+  if isinstance(x, dict) and x:
+    rows = [f"{pad}{json.dumps(k)}: {_dumps(v, depth + 1)}" for k, v in x.items()]
+    return "{\n" + ",\n".join(rows) + "\n" + end + "}"
+  if isinstance(x, list) and any(isinstance(v, dict) or len(json.dumps(v)) > 40 for v in x):
+    return "[\n" + ",\n".join(pad + _dumps(v, depth + 1) for v in x) + "\n" + end + "]"
+  return json.dumps(x, allow_nan=False)
+
+
+def write_json(path: str, record: dict) -> str:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(_dumps(record) + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+def load_architecture(path: str) -> tuple[ss.Architecture, dict]:
+  """Reads an architecture.json back: the Architecture and the record, checked for agreement."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except FileNotFoundError:
+    raise ExportError(f"{path} does not exist; run launch/search.py --workdir DIR first.") from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise ExportError(f"{path} is not readable JSON ({e}).") from None
+  try:
+    arch = ss.parse_architecture(record["architecture"])
+  except (KeyError, TypeError, ss.SearchSpaceError) as e:
+    raise ExportError(f"{path}: no valid 'architecture' ({e}).") from None
+  expect = {"paths": [ss.format_path(p) for p in arch.paths], "ops": list(arch.ops),
+            "stage_encoding": [list(s) for s in arch.stage_encoding()]}
+  for k, v in expect.items():
+    if k in record and record[k] != v:
+      raise ExportError(f"{path}: '{k}' {record[k]!r} disagrees with architecture {arch} "
+                        f"({v!r}); was the file edited by hand? Re-export it.")
+  return arch, record
+
+
+def bossnet_config(record: dict, **overrides) -> bs.BossNetConfig:
+  """The BossNetConfig of an architecture.json record (for retraining or costing)."""
+  options = {**BOSSNET_OPTIONS, **record.get("bossnet", {}), **overrides}
+  return bs.config_from_architecture(record["architecture"], **options)
+
+
+# ------------------------------------------------------------------------------------------------
+# retrain_config.py
+
+_RETRAIN_TEMPLATE = '''"""Retraining config of the searched BossNet (written by bossnas_jax.export).
+
+{arch}: stages {enc},
+{madds:.3f}G MAdds and {params:.2f}M params at {res}x{res} (true convention).
+
+  python launch/retrain.py --config {path} --workdir RETRAIN_DIR
+"""
+
+ARCHITECTURE = "{arch}"
+RESOLUTION = {res}
+# Every BossNet stage at its own stride, the scales the supernet path ran at (see search.py).
+EMPTY_STAGE_STRIDE = "{stride}"
+
+
+def get_config(arg=None):
+  # The retraining recipe (SPEC I.8.4) lives in configs/retrain.py, which the retraining issue
+  # adds; this file only puts the searched network and its resolution on top of it.
+  try:
+    from configs import retrain
+  except ModuleNotFoundError as e:
+    if e.name not in ("configs", "configs.retrain"):
+      raise
+    raise ModuleNotFoundError(
+        "retrain_config.py builds on configs/retrain.py, which this checkout does not have (yet); "
+        "run it from the root of a bossnas_jax checkout that has the retraining config.") from e
+  config = retrain.get_config(arg)
+  config.model.arch = ARCHITECTURE
+  config.model.empty_stage_stride = EMPTY_STAGE_STRIDE
+  config.model.resolution = RESOLUTION
+  return config
+'''
+
+
+def write_retrain_config(path: str, arch: ss.Architecture, resolution: int) -> str:
+  c = cost.architecture_cost(arch, resolution, "true", **BOSSNET_OPTIONS)
+  text = _RETRAIN_TEMPLATE.format(
+      arch=arch, enc=ss.format_stage_encoding(arch.stage_encoding()), madds=c.madds / 1e9,
+      params=c.params / 1e6, res=resolution, path=path, stride=BOSSNET_OPTIONS[
+          "empty_stage_stride"])
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots (matplotlib's Agg canvas directly: no pyplot, no global backend switch).
+
+
+def _figure(width: float, height: float):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(width, height), dpi=110)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def sample_architectures(problem: sr.Problem, n: int, seed: int = 0) -> list[sr.Evaluated]:
+  """`n` random valid chains (each block uniform among its rated candidates), for the cloud."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for _ in range(n):
+    paths, s = [], ss.STEM_SCALE
+    for b in range(ss.NUM_BLOCKS):
+      t = problem.table(b, s)
+      i = int(rng.integers(len(t.paths)))
+      paths.append(t.paths[i])
+      s = int(t.out_scales[i])
+    out[tuple(paths)] = None
+  return [sr.evaluate(problem, ss.Architecture(p)) for p in out]
+
+
+def plot_pareto(path: str, result: sr.SearchResult, problem: sr.Problem,
+                cloud: int = 3000) -> str:
+  st = result.settings
+  fig = _figure(9, 6)
+  ax = fig.add_subplot()
+  others = sample_architectures(problem, cloud, st.seed)
+  ax.scatter([e.cost.madds / 1e9 for e in others], [e.score for e in others], s=6,
+             color="0.75", alpha=0.5, linewidths=0, label=f"random architectures ({len(others)})",
+             zorder=1)
+  front = result.front
+  fm = np.array([e.cost.madds / 1e9 for e in front])
+  fs = np.array([e.score for e in front])
+  fp = np.array([e.cost.params / 1e6 for e in front])
+  ok = np.array([st.max_params is None or e.cost.params <= st.max_params for e in front])
+  sc = ax.scatter(fm[ok], fs[ok], c=fp[ok], cmap="viridis", s=28, edgecolors="k",
+                  linewidths=0.4, vmin=fp.min(), vmax=fp.max(),
+                  label=f"Pareto front (score, MAdds, params): {len(front)}", zorder=3)
+  if (~ok).any():
+    ax.scatter(fm[~ok], fs[~ok], c=fp[~ok], cmap="viridis", s=28, marker="X",
+               vmin=fp.min(), vmax=fp.max(), linewidths=0.4, edgecolors="k",
+               label="front, over the params budget", zorder=3)
+  fig.colorbar(sc, ax=ax, label="params (M)")
+  # The score-MAdds trade-off alone: the best score reachable at each MAdds.
+  order = np.argsort(fm, kind="stable")
+  best = np.minimum.accumulate(fs[order])
+  end = int(np.argmin(best)) + 1  # Past the overall best the staircase is flat: stop there.
+  ax.step(fm[order][:end], best[:end], where="post", color="tab:blue", lw=1.2, alpha=0.8,
+          label="best score at each MAdds", zorder=2)
+  if st.max_madds:
+    ax.axvline(st.max_madds / 1e9, color="tab:red", ls="--", lw=1.2,
+               label=f"MAdds budget {st.max_madds / 1e9:.3g}G", zorder=2)
+  c = result.chosen
+  ax.scatter([c.cost.madds / 1e9], [c.score], marker="*", s=320, color="tab:red",
+             edgecolors="k", linewidths=0.8, zorder=5,
+             label=f"chosen ({st.strategy}): {c.architecture}")
+  lo, hi = ax.get_xlim()
+  left = c.cost.madds / 1e9 > (lo + hi) / 2  # Keep the label inside the axes.
+  ax.annotate(f"{c.architecture}\n{c.cost.madds / 1e9:.2f}G, {c.cost.params / 1e6:.1f}M",
+              (c.cost.madds / 1e9, c.score), xytext=(-14 if left else 14, 14),
+              textcoords="offset points", ha="right" if left else "left", fontsize=9,
+              bbox=dict(boxstyle="round", fc="white", ec="0.6", alpha=0.9), zorder=6)
+  opt = result.optimum
+  if opt is not None and opt.key() != c.key():
+    ax.scatter([opt.cost.madds / 1e9], [opt.score], marker="D", s=70, color="tab:orange",
+               edgecolors="k", zorder=4, label=f"exact optimum: {opt.architecture}")
+  greedy = sr.greedy(problem)
+  if st.strategy != "greedy" and greedy.key() != c.key():
+    ax.scatter([greedy.cost.madds / 1e9], [greedy.score], marker="s", s=50, facecolors="none",
+               edgecolors="tab:purple", linewidths=1.5, zorder=4,
+               label=f"official greedy rule: {greedy.architecture}")
+  ax.set_xlabel(f"MAdds of the BossNet (G, {st.convention} convention, {st.resolution}x"
+                f"{st.resolution})")
+  ax.set_ylabel("score: sum of block scores (lower is better)")
+  ax.set_title(f"Search over {result.num_architectures:,} rated architectures")
+  ax.grid(alpha=0.3)
+  legend = ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+  for handle, text in zip(legend.legend_handles, legend.get_texts()):
+    if text.get_text().startswith(("Pareto", "front")):  # Not the colour of one point.
+      handle.set_array(None)
+      handle.set_facecolor(sc.cmap(0.5))
+  fig.tight_layout()
+  fig.savefig(path)
+  return path
+
+
+def plot_block_scores(path: str, problem: sr.Problem, chosen: sr.Evaluated) -> str:
+  fig = _figure(4 * ss.NUM_BLOCKS, 4.5)
+  rng = np.random.default_rng(0)
+  arch = chosen.architecture
+  for b in range(ss.NUM_BLOCKS):
+    ax = fig.add_subplot(1, ss.NUM_BLOCKS, b + 1)
+    scales = problem.in_scales(b)
+    data = [problem.table(b, s).scores for s in scales]
+    ax.boxplot(data, widths=0.5, showfliers=False, medianprops=dict(color="tab:blue"))
+    for k, d in enumerate(data):
+      ax.scatter(k + 1 + rng.uniform(-0.18, 0.18, len(d)), d, s=9, color="0.35", alpha=0.6,
+                 linewidths=0, zorder=3)
+    s = arch.input_scale(b)
+    t = problem.table(b, s)
+    i = t.index[arch.paths[b]]
+    k = scales.index(s) + 1
+    ax.scatter([k], [t.scores[i]], marker="*", s=220, color="tab:red", edgecolors="k",
+               zorder=5, label=f"chosen {ss.format_path(arch.paths[b])}")
+    ax.set_xticks(range(1, len(scales) + 1))
+    ax.set_xticklabels([f"in {ss.SCALE_NAMES[s]}x{ss.SCALE_NAMES[s]}\n"
+                        f"({len(problem.table(b, s).paths)} paths)" for s in scales])
+    ax.set_title(f"block {b}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    if b == 0:
+      ax.set_ylabel("rating score (lower is better)")
+  fig.suptitle("Candidate scores per block and input scale (rank files)")
+  fig.tight_layout()
+  fig.savefig(path)
+  return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Everything at once.
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+  search: sr.SearchResult
+  files: dict[str, str]  # architecture_json, retrain_config, pareto_png, block_scores_png
+  costs: dict[str, cost.Cost]  # the chosen BossNet in both conventions
+  summary: str
+
+  @property
+  def architecture(self) -> ss.Architecture:
+    return self.search.architecture
+
+
+def export(out_dir: str, result: sr.SearchResult, problem: sr.Problem) -> dict[str, str]:
+  """Writes the four files of the module docstring into `out_dir`; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  j = lambda name: os.path.join(out_dir, name)
+  return {
+      "architecture_json": write_json(j(ARCHITECTURE_JSON), architecture_record(result)),
+      "retrain_config": write_retrain_config(j(RETRAIN_CONFIG), result.architecture,
+                                             result.settings.resolution),
+      "pareto_png": plot_pareto(j(PARETO_PNG), result, problem),
+      "block_scores_png": plot_block_scores(j(BLOCK_SCORES_PNG), problem, result.chosen),
+  }
+
+
+def summarize(result: sr.SearchResult, costs: dict[str, cost.Cost],
+              files: dict[str, str]) -> str:
+  st, c = result.settings, result.chosen
+  arch = c.architecture
+  t, o = costs["true"], costs["official"]
+  opt = result.optimum
+  lines = [
+      f"search: strategy {st.strategy}, budget {st.describe_budget()}; "
+      f"{result.num_architectures:,} rated architectures, {result.evaluated:,} scored",
+      f"chosen: {arch}  score {c.score:.4f} (blocks "
+      + ", ".join(f"{v:.4f}" for v in c.block_scores) + ")",
+      f"  BossNet stages {ss.format_stage_encoding(arch.stage_encoding())} at "
+      f"{st.resolution}x{st.resolution}: {t.madds / 1e9:.3f}G MAdds, {t.params / 1e6:.2f}M "
+      f"params (true); {o.madds / 1e9:.3f}G, {o.params / 1e6:.2f}M (official counter)",
+      "  exact optimum under the budget: "
+      + ("none" if opt is None else "this one" if opt.key() == c.key()
+         else f"{opt.architecture} (score {opt.score:.4f})")
+      + f"; Pareto front of {len(result.front)} architectures",
+  ]
+  lines += [f"  note: {n}" for n in result.notes]
+  lines.append("wrote:")
+  lines += [f"  {p}" for p in files.values()]
+  return "\n".join(lines)
+
+
+def search_and_export(workdir: str, config_or_args=None, *, out_dir: str | None = None,
+                      log: Callable[[str], None] | None = print, **overrides) -> ExportResult:
+  """Searches the rank files of `workdir` and exports the choice (into `out_dir`, default the
+  workdir). `config_or_args`: the experiment config (its `search` section and `seed`), a mapping
+  or argparse Namespace of search settings, or SearchSettings; `overrides` win over it."""
+  result, problem = sr.run_search(workdir, config_or_args, **overrides)
+  files = export(out_dir or workdir, result, problem)
+  costs = architecture_costs(result.architecture, result.settings.resolution)
+  text = summarize(result, costs, files)
+  if log is not None:
+    log(text)
+  return ExportResult(result, files, costs, text)

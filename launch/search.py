@@ -1,0 +1,60 @@
+r"""Re-run the architecture search on a main job's saved ratings, e.g. with another budget.
+
+  python launch/search.py --workdir runs/demo
+  python launch/search.py --workdir runs/demo --max_madds 2.5e9 --max_params 30e6 \
+      --strategy exhaustive --resolution 224
+
+Settings come from the run's config.json (its `search` section and `seed`) where it has one, then
+from these flags. Writes architecture.json, retrain_config.py and two plots into --out (default:
+the workdir) and prints the chosen network, its cost and the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+from bossnas_jax import export, search  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True, help="Workdir of a main job (holds ratings/).")
+  p.add_argument("--strategy", choices=search.STRATEGIES, default=None,
+                 help="evolution (default), exhaustive (exact) or greedy (official, no budget).")
+  p.add_argument("--max_madds", type=float, default=None, help="MAdds budget, e.g. 2.5e9.")
+  p.add_argument("--max_params", type=float, default=None, help="Parameter budget, e.g. 30e6.")
+  p.add_argument("--resolution", type=int, default=None, help="BossNet input side (224).")
+  p.add_argument("--convention", choices=("true", "official"), default=None,
+                 help="Cost convention of the budgets (true).")
+  p.add_argument("--seed", type=int, default=None, help="Seed of the evolution.")
+  p.add_argument("--out", default=None, help="Where to write the export (default: --workdir).")
+  return p.parse_args(argv)
+
+
+def saved_config(workdir: str) -> dict | None:
+  """The run's config.json (written by the main job), if there is one."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def main(argv=None) -> export.ExportResult:
+  args = parse_args(argv)
+  flags = {k: getattr(args, k) for k in ("strategy", "max_madds", "max_params", "resolution",
+                                         "convention", "seed")}
+  try:
+    return export.search_and_export(args.workdir, saved_config(args.workdir), out_dir=args.out,
+                                    **flags)
+  except ValueError as e:  # Our errors say what is wrong and how to fix it: no traceback.
+    sys.exit(f"launch/search.py: {e}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,158 @@
+"""architecture.json, retrain_config.py, the plots, and launch/search.py on synthetic rank files."""
+
+import importlib.util
+import json
+import os
+import sys
+import time
+import types
+
+import ml_collections
+import pytest
+from test_search import write_synthetic_ratings
+
+from bossnas_jax import export
+from bossnas_jax import search as sr
+from bossnas_jax import search_space as ss
+from bossnas_jax.models import bossnet_spec as bs
+from bossnas_jax.models import cost
+
+
+def _load(name, path):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+launch_search = _load("launch_search", os.path.join(os.path.dirname(__file__), os.pardir,
+                                                    "launch", "search.py"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("export"))
+  write_synthetic_ratings(d, seed=3, per_scale=4)
+  lines = []
+  res = export.search_and_export(d, {"strategy": "exhaustive", "max_params": 60e6},
+                                 log=lines.append)
+  return d, res, lines[0]
+
+
+def test_architecture_json_round_trip(exported):
+  d, res, _ = exported
+  arch, record = export.load_architecture(os.path.join(d, export.ARCHITECTURE_JSON))
+  assert arch == res.architecture
+  assert record["paths"] == [ss.format_path(p) for p in arch.paths]
+  assert len(record["ops"]) == 16 and record["ops"] == list(arch.ops)
+  assert record["stage_encoding"] == [list(s) for s in arch.stage_encoding()]
+  assert (record["strategy"], record["resolution"]) == ("exhaustive", 224)
+  assert record["budget"] == {"max_madds": None, "max_params": 60e6, "convention": "true"}
+  assert record["score"] == pytest.approx(sum(record["block_scores"]))
+  assert record["search"]["exact_optimum"] == str(arch)
+  config = export.bossnet_config(record)
+  assert config.empty_stage_stride == "stage" and config.encoding == arch.stage_encoding()
+  for conv in cost.CONVENTIONS:
+    want = cost.bossnet_cost(config, 224, conv)
+    assert record["cost"][conv] == {"madds": want.madds, "params": want.params}
+  assert record["cost"]["true"] == {"madds": res.search.chosen.cost.madds,
+                                    "params": res.search.chosen.cost.params}
+  assert record["cost"]["true"]["params"] <= 60e6
+
+
+def test_load_architecture_errors(tmp_path, exported):
+  d, _, _ = exported
+  with pytest.raises(export.ExportError, match="does not exist"):
+    export.load_architecture(str(tmp_path / "architecture.json"))
+  with open(os.path.join(d, export.ARCHITECTURE_JSON)) as f:
+    record = json.load(f)
+  bad = tmp_path / "edited.json"
+  bad.write_text(json.dumps({**record, "ops": [0] * 16}))
+  with pytest.raises(export.ExportError, match="disagrees"):
+    export.load_architecture(str(bad))
+  bad.write_text(json.dumps({**record, "architecture": "5433-5230-0010-0000"}))
+  with pytest.raises(export.ExportError, match="position 1"):
+    export.load_architecture(str(bad))
+
+
+def test_files_and_printout(exported):
+  d, res, text = exported
+  assert set(res.files) == {"architecture_json", "retrain_config", "pareto_png",
+                            "block_scores_png"}
+  for path in res.files.values():
+    assert os.path.dirname(path) == d and path in text
+  assert str(res.architecture) in text and "MAdds" in text
+  for key in ("pareto_png", "block_scores_png"):
+    with open(res.files[key], "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    h, w = matplotlib.image.imread(res.files[key]).shape[:2]
+    assert h > 300 and w > 600
+
+
+def test_retrain_config(exported, monkeypatch):
+  d, res, _ = exported
+  module = _load("retrain_config_under_test", res.files["retrain_config"])
+  assert module.ARCHITECTURE == str(res.architecture) and module.RESOLUTION == 224
+
+  def base(arg=None):
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict({"arch": "bossnet_t0"})
+    c.arg = arg
+    return c
+
+  fake = types.ModuleType("configs.retrain")
+  fake.get_config = base
+  monkeypatch.setitem(sys.modules, "configs.retrain", fake)
+  import configs
+  monkeypatch.setattr(configs, "retrain", fake, raising=False)
+  config = module.get_config("x")
+  assert config.model.arch == str(res.architecture) and config.arg == "x"
+  assert config.model.empty_stage_stride == "stage" and config.model.resolution == 224
+  assert bs.resolve_config(config.model.arch, empty_stage_stride="stage").encoding == \
+      res.architecture.stage_encoding()
+  monkeypatch.setitem(sys.modules, "configs.retrain", None)  # As if the file did not exist.
+  monkeypatch.delattr(configs, "retrain")
+  with pytest.raises(ModuleNotFoundError, match="configs/retrain.py"):
+    module.get_config()
+
+
+def test_launch_search_with_a_smaller_budget(tmp_path, capsys):
+  d = str(tmp_path)
+  # Scores that favour big blocks, as real ratings tend to: the unbudgeted choice is expensive.
+  write_synthetic_ratings(
+      d, seed=4, score=lambda b, s, p, rng: float(
+          -cost.searched_block_cost(b, s, p).madds / 1e9 + rng.normal(0, 0.05)))
+  with open(os.path.join(d, "config.json"), "w") as f:  # As the main job saves it.
+    json.dump({"seed": 5, "search": {"strategy": "evolution", "population": 30,
+                                     "generations": 10, "max_madds": None}}, f)
+  start = time.time()
+  first = launch_search.main(["--workdir", d])
+  big = first.search.chosen.cost.madds
+  assert first.search.settings.seed == 5 and first.search.settings.population == 30
+  # No searched BossNet is half as costly as another (3.07G..5.32G at 224): a clear error.
+  with pytest.raises(SystemExit, match="smallest MAdds any architecture reaches is"):
+    launch_search.main(["--workdir", d, "--max_madds", str(big / 2)])
+  lowest = min(e.cost.madds for e in first.search.front)
+  budget = (lowest + big) / 2
+  out = str(tmp_path / "smaller")
+  second = launch_search.main(["--workdir", d, "--max_madds", f"{budget:.6g}", "--out", out])
+  assert time.time() - start < 30
+  chosen = second.search.chosen
+  assert chosen.architecture != first.architecture
+  assert chosen.cost.madds <= float(f"{budget:.6g}") < big
+  assert ss.parse_architecture(str(chosen.architecture)) == chosen.architecture
+  assert export.load_architecture(second.files["architecture_json"])[0] == chosen.architecture
+  printed = capsys.readouterr().out
+  assert f"chosen: {chosen.architecture}" in printed and out in printed
+  # The first run's export in the workdir is left alone.
+  assert export.load_architecture(os.path.join(d, "architecture.json"))[0] == first.architecture
+
+
+def test_launch_search_errors(tmp_path):
+  with pytest.raises(SystemExit, match="does not exist"):
+    launch_search.main(["--workdir", str(tmp_path / "missing")])
+  with pytest.raises(SystemExit):  # argparse: invalid choice
+    launch_search.main(["--workdir", str(tmp_path), "--strategy", "random"])
+  with pytest.raises(sr.SearchError, match="strategy='random'"):
+    export.search_and_export(str(tmp_path), {"strategy": "random"}, log=None)
