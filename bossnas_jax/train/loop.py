@@ -123,10 +123,6 @@ def calibration_batch(config) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _abstract(tree, sharding):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def _restore_or_init(run: Run, trainer: step_lib.BlockTrainer, block: int):
   """(state, micro-batches done, data iterator state or None)."""
   models = trainer.models
@@ -134,8 +130,12 @@ def _restore_or_init(run: Run, trainer: step_lib.BlockTrainer, block: int):
   directory = run.block_dir(block)
   init = functools.partial(step_lib.init_state, models, key, trainer.optimizer)
   if checkpoint_io.all_steps(directory):
-    abstract = _abstract(jax.eval_shape(init), parallel.replicated(run.mesh))
-    state, meta, step = checkpoint_io.restore(directory, abstract=abstract)
+    # Restored to host memory and verified there, then placed: a sharded restore of a corrupt
+    # step can leave a device's queue waiting on a failed transfer, which later deadlocks the
+    # collectives of XLA:CPU's simulated devices.
+    host = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(init))
+    state, meta, step = checkpoint_io.restore(directory, abstract=host)
+    state = parallel.replicate(state, run.mesh)
     _set_aside_newer(directory, step)
     print(f"block {block}: resumed from optimizer step {step} ({directory})", flush=True)
     return state, int(meta["micro"]), meta["data"]
