@@ -114,20 +114,25 @@ def _unit_moments_apply(dims, dtype, unit):
   return with_bn_moments(apply)
 
 
-def calibrate_units(dims, dtype, mesh, units, params, pairs) -> dict:
+def calibrate_units(dims, dtype, mesh, units, params, pairs, outputs: list | None = None) -> dict:
   """Exact BN statistics of a chain of units over calibration feature pairs.
 
   `params` are the units' parameters (`supernet.unit_params`), `pairs` an iterable of (B, 2, ...)
   inputs of the first unit (both views count). Returns batch_stats in the block's naming, ready to
-  merge into `{'params': ..., 'batch_stats': ...}` of `supernet.SupernetBlock`.
+  merge into `{'params': ..., 'batch_stats': ...}` of `supernet.SupernetBlock`. If `outputs` is a
+  list, the chain's train-mode output pairs are appended to it (the inputs of the heads).
   """
   acc = [None] * len(units)
   for pair in pairs:
+    views = []
     for v in range(pair.shape[1]):
       x = pair[:, v]
       for i, (u, p) in enumerate(zip(units, params)):
         x, moments = moments_program(_unit_moments_apply(dims, dtype, u), mesh)(p, x)
         acc[i] = merge_tree(acc[i], jax.device_get(moments))
+      views.append(x)
+    if outputs is not None:
+      outputs.append(jnp.stack(views, axis=1))
   out = {}
   for u, moments in zip(units, acc):
     for k, name in supernet.unit_param_names(u).items():

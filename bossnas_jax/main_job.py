@@ -24,8 +24,8 @@ def _require(ok: bool, field: str, value, allowed: str) -> None:
     raise ConfigError(f"config.{field} = {value!r} is not allowed: {allowed}.")
 
 
-def check_config(config: ml_collections.ConfigDict) -> ss.Architecture:
-  """Validates every value the job uses before any work starts; returns the prefix architecture."""
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Validates every value the job uses before any work starts."""
   m, d, t, r = config.model, config.data, config.train, config.rating
   try:
     summary.dims_from_config(config)
@@ -57,6 +57,8 @@ def check_config(config: ml_collections.ConfigDict) -> ss.Architecture:
   _require(int(d.calibration_images) >= 1, "data.calibration_images", d.calibration_images,
            ">= 1")
   _require(int(r.batch_size) >= 1, "rating.batch_size", r.batch_size, ">= 1")
+  _require(config.search.strategy in ("evolution", "exhaustive", "greedy"), "search.strategy",
+           config.search.strategy, "'evolution', 'exhaustive' or 'greedy'")
   calib = loop.calibration_batch(config)
   _require(int(d.calibration_images) % calib == 0, "data.calibration_images",
            d.calibration_images, f"a multiple of the calibration batch {calib} "
@@ -64,15 +66,11 @@ def check_config(config: ml_collections.ConfigDict) -> ss.Architecture:
   parallel.check_batch(int(t.batch_size), "train.batch_size")
   parallel.check_batch(calib, "the calibration batch (min(rating.batch_size, "
                        "data.calibration_images))")
-  try:
-    return ss.parse_architecture(t.prefix_paths)
-  except ss.SearchSpaceError as e:
-    raise ConfigError(f"config.train.prefix_paths: {e}") from None
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   parallel.maybe_initialize_distributed()
-  prefix_arch = check_config(config)
+  check_config(config)
   run_ = loop.Run.create(config, workdir)  # Opens the data: a missing data set fails here.
   loop.save_config(config, workdir)
   utils.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
@@ -81,6 +79,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"{len(run_.train_source):,} training images, {run_.micro_per_epoch} micro-batches of "
         f"{config.train.batch_size} per epoch, {run_.optimizer_steps} optimizer steps per block",
         flush=True)
-  frozen = loop.train_all_blocks(run_, prefix_arch)
-  chain = "-".join(ss.format_path(f.block.path) for f in frozen)
-  print(f"all blocks trained; frozen chain {chain}; workdir {workdir}", flush=True)
+  loop.train_all_blocks(run_)
+  if jax.process_index() == 0:
+    from bossnas_jax import export  # matplotlib is only needed here.
+
+    export.search_and_export(workdir, config)

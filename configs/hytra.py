@@ -58,8 +58,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.checkpoint_every_steps = 500  # Optimizer steps between checkpoints (also one per block end).
   t.keep_checkpoints = 3
   t.log_every_steps = 10
-  # Until ratings choose them, the path of each block that the next block trains on.
-  t.prefix_paths = "5433-3230-0010-0000"  # BossNet-T0, the official search's result.
 
   # ---- Rating toward the population centre (SPEC I.7, III.4, D6, D7) ----
   c.rating = r = ml_collections.ConfigDict()
@@ -68,13 +66,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---- Search and export (SPEC III.5, D9) ----
   c.search = s = ml_collections.ConfigDict()
-  s.strategy = "evolution"    # 'evolution' | 'exhaustive' | 'greedy' (the official rule).
+  s.strategy = "exhaustive"   # Exact Pareto optimum | 'evolution' (paper) | 'greedy' (official).
+  s.resolution = 224          # Input side of the final BossNet that budgets and costs refer to.
+  s.convention = "true"       # Costs as the network computes them; 'official' = boss_madds.py.
   s.max_madds = ml_collections.FieldReference(None, field_type=float)  # Budget, true convention.
   s.max_params = ml_collections.FieldReference(None, field_type=float)
   s.population = 50
   s.generations = 20
   s.mutation_prob = 0.1
   s.tournament = 5
+  s.crossover_prob = 0.5
 
   if arg == "demo":
     _shrink_to_demo(c)
@@ -104,5 +105,6 @@ def _shrink_to_demo(c: ml_collections.ConfigDict) -> None:
   c.train.log_every_steps = 5
   c.rating.rate_every_epochs = 1
   c.rating.batch_size = 256
+  c.search.resolution = 32
   c.search.population = 20
   c.search.generations = 10

@@ -378,8 +378,9 @@ def test_bad_inputs_are_clear_errors_before_work(data_dir, tmp_path):
   config = tiny_config(data_dir, num_paths=17)
   with pytest.raises(main_job.ConfigError, match=r"config.train.num_paths = 17 .* 1 \.\. 16"):
     main_job.check_config(config)
-  config = tiny_config(data_dir, prefix_paths="5555-3230-0010-0000")
-  with pytest.raises(main_job.ConfigError, match=r"prefix_paths: .* block 0, position 4"):
+  config = tiny_config(data_dir)
+  config.search.strategy = "random"
+  with pytest.raises(main_job.ConfigError, match=r"config.search.strategy = 'random'"):
     main_job.check_config(config)
   config = tiny_config(data_dir)
   config.model.resolution = 40

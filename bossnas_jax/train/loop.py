@@ -1,13 +1,17 @@
 """Block-wise training (SPEC III.3): blocks 0..3 in turn, resumable at any checkpoint.
 
 For block b: build the state (or restore the newest verified checkpoint), run the block's epochs of
-ensemble bootstrapping, then freeze the chosen path of block b as the next block's prefix: its
-target weights with BN statistics recalibrated exactly on the calibration set (D3, D6).
+ensemble bootstrapping over the candidates of every input scale the previous block hands on, rate
+every candidate toward the population centre, and, for every scale some candidate ends at, freeze
+the best-scored one (with its own chain) as the next block's prefix there: target weights with BN
+statistics recalibrated exactly on the calibration set (D3, D6, III.5).
 
 Layout of a workdir:
   config.json                 the run's config (a restart with an incompatible one is refused)
   checkpoints/block{b}/{step} Orbax checkpoints of block b's state, with the data iterator state
-  prefix/block{b}/0           the frozen path of block b (variables and its path string)
+  ratings/block{b}_in{s}.json rank files; ratings/partial/ the progress of an unfinished rating
+  prefix/block{b}_in{s}_{path}/0  a frozen path (target weights, recalibrated BN statistics)
+  blocks_done.json            finished blocks and the prefix chains they hand on
   metrics.jsonl, tb/          per-step metrics, TensorBoard events
 """
 
@@ -50,6 +54,10 @@ class Frozen:
 
   block: step_lib.PrefixBlock
   variables: Any
+
+  @property
+  def out_scale(self) -> int:
+    return ss.output_scale(self.block.path)
 
 
 def compute_dtype(name: str):
@@ -103,12 +111,13 @@ class Run:
   def block_dir(self, block: int) -> str:
     return os.path.join(self.workdir, "checkpoints", f"block{block}")
 
-  def prefix_dir(self, block: int) -> str:
-    return os.path.join(self.workdir, "prefix", f"block{block}")
-
   def optimizer(self):
     t = self.config.train
     return lars_lib.lars(float(t.momentum), float(t.weight_decay), float(t.lars_eta))
+
+  def calibration_key(self, block: int):
+    """The device-augmentation key of the calibration and rating views of `block` (fixed)."""
+    return jax.random.fold_in(self.key, 10_000 + block)
 
   def calibration_set(self):
     return pipeline.calibration_set(
@@ -161,15 +170,48 @@ def _save(run: Run, block: int, state, micro: int, data_state) -> None:
                      max_to_keep=int(run.config.train.keep_checkpoints))
 
 
-def train_block(run: Run, block: int, prefix: list[Frozen]) -> step_lib.BlockState:
-  """Trains one block from scratch or from its newest checkpoint; returns its final state."""
+def trainers_for(run: Run, block: int, chains: dict[int, list[Frozen]], acc_steps: int = 1):
+  """One trainer per input scale: they differ only in the frozen prefix their features run."""
+  return {s: step_lib.BlockTrainer(run.models(block), run.mesh, accumulate_steps=acc_steps,
+                                   augment=run.augment, optimizer=run.optimizer(),
+                                   prefix=[f.block for f in chain])
+          for s, chain in chains.items()}
+
+
+def micro_step(trainers, state, acc, prefix_vars, views, key, candidates):
+  """One micro-batch over candidates that may take input at different scales (III.5): the views
+  go through each needed prefix once; targets, ensemble and online passes as in `BlockTrainer`."""
+  any_trainer = next(iter(trainers.values()))
+  feats = {s: trainers[s].features(prefix_vars[s], views, jax.random.fold_in(key, 0))
+           for s in sorted({s for s, _ in candidates})}
+  half = views.shape[1] // 2
+  pairs = [jnp.stack([feats[s][:, j], feats[s][:, half + j]], axis=1)
+           for j, (s, _) in enumerate(candidates)]
+  zs = [any_trainer.target(state, s, p, pair, jax.random.fold_in(key, 1 + j))
+        for j, ((s, p), pair) in enumerate(zip(candidates, pairs))]
+  targets = sum(zs[1:], zs[0]) / len(zs)  # Mean of normalised projections (D7).
+  losses = []
+  for (s, p), pair in zip(candidates, pairs):
+    acc, loss = any_trainer.online(state, acc, s, p, pair, targets)
+    losses.append(loss)
+  return acc, losses
+
+
+def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Frozen]
+                ) -> step_lib.BlockState:
+  """Trains one block from scratch or from its newest checkpoint; returns its final state.
+
+  `chains` maps each input scale the block trains at to its frozen prefix (a bare list: the one
+  chain ending where it ends). The sampler draws among all (input scale, path) candidates.
+  """
+  if not isinstance(chains, dict):
+    chains = {chains[-1].out_scale if chains else ss.STEM_SCALE: chains}
   cfg = run.config.train
   acc_steps = int(cfg.accumulate_steps)
-  trainer = step_lib.BlockTrainer(
-      run.models(block), run.mesh, accumulate_steps=acc_steps, augment=run.augment,
-      optimizer=run.optimizer(), prefix=[f.block for f in prefix])
-  prefix_vars = tuple(f.variables for f in prefix)
-  candidates = [(trainer.in_scale, p) for p in ss.candidates(block, trainer.in_scale)]
+  trainers = trainers_for(run, block, chains, acc_steps)
+  trainer = next(iter(trainers.values()))
+  prefix_vars = {s: tuple(f.variables for f in chain) for s, chain in chains.items()}
+  candidates = [(s, p) for s in sorted(chains, reverse=True) for p in ss.candidates(block, s)]
   num_paths = int(cfg.num_paths)
   ipe = run.micro_per_epoch
   total_steps = run.optimizer_steps
@@ -196,8 +238,8 @@ def train_block(run: Run, block: int, prefix: list[Frozen]) -> step_lib.BlockSta
       batch = next(it)
       views = parallel.host_batch_to_global(batch["views"], run.mesh)
       paths = step_lib.sample_paths(candidates, num_paths, int(run.config.seed), block, k)
-      acc, losses = trainer.micro_step(state, acc, prefix_vars, views,
-                                       jax.random.fold_in(key, k), paths)
+      acc, losses = micro_step(trainers, state, acc, prefix_vars, views,
+                               jax.random.fold_in(key, k), paths)
       window.extend(losses)
       if (k + 1) % acc_steps:
         continue
@@ -234,19 +276,20 @@ def train_block(run: Run, block: int, prefix: list[Frozen]) -> step_lib.BlockSta
   return state
 
 
-def freeze_block(run: Run, block: int, state: step_lib.BlockState, path: ss.Path,
-                 prefix: list[Frozen]) -> Frozen:
+def block_inputs(run: Run, trainer: step_lib.BlockTrainer, prefix_vars, batches, key):
+  """(B, 2, ...) inputs of the block for a fixed set of 2-view batches, through the prefix."""
+  return [(trainer.features(prefix_vars, b["views"], key), b.get("mask")) for b in batches]
+
+
+def freeze_block(run: Run, block: int, state: step_lib.BlockState, in_scale: int, path: ss.Path,
+                 chain: list[Frozen]) -> Frozen:
   """The target weights of `path` with BN statistics recalibrated over the calibration set."""
-  trainer = step_lib.BlockTrainer(
-      run.models(block), run.mesh, accumulate_steps=1, augment=run.augment,
-      optimizer=run.optimizer(), prefix=[f.block for f in prefix])
-  in_scale = trainer.in_scale
+  trainer = trainers_for(run, block, {in_scale: chain})[in_scale]
   frozen = step_lib.PrefixBlock(block, in_scale, tuple(path))
-  prefix_vars = tuple(f.variables for f in prefix)
   units = supernet.path_units(run.dims, block, in_scale, frozen.path)
   params = [supernet.unit_params(state.target["block"], run.dims, u) for u in units]
-  key = jax.random.fold_in(run.key, 10_000 + block)
-  pairs = (trainer.features(prefix_vars, b["views"], key) for b in run.calibration_set())
+  pairs = [x for x, _ in block_inputs(run, trainer, tuple(f.variables for f in chain),
+                                      run.calibration_set(), run.calibration_key(block))]
   stats = calibration.calibrate_units(run.dims, run.dtype, run.mesh, units, params, pairs)
   variables = {"params": supernet.path_variables({"params": state.target["block"]}, run.dims,
                                                   block, in_scale, frozen.path)["params"],
@@ -254,38 +297,108 @@ def freeze_block(run: Run, block: int, state: step_lib.BlockState, path: ss.Path
   return Frozen(frozen, parallel.replicate(variables, run.mesh))
 
 
-def save_frozen(run: Run, frozen: Frozen) -> None:
+def _frozen_dir(run: Run, block: int, in_scale: int, path: ss.Path) -> str:
+  return os.path.join(run.workdir, "prefix",
+                      f"block{block}_in{ss.SCALE_NAMES[in_scale]}_{ss.format_path(path)}")
+
+
+def save_frozen(run: Run, frozen: Frozen) -> str:
   b = frozen.block
-  checkpoint_io.save(run.prefix_dir(b.block), 0, frozen.variables,
+  directory = _frozen_dir(run, b.block, b.in_scale, b.path)
+  checkpoint_io.save(directory, 0, frozen.variables,
                      {"block": b.block, "in_scale": b.in_scale, "path": ss.format_path(b.path)})
+  return directory
 
 
-def load_frozen(run: Run, block: int) -> Frozen | None:
-  directory = run.prefix_dir(block)
-  if not checkpoint_io.all_steps(directory):
-    return None
+def load_frozen(directory: str, mesh) -> Frozen:
   variables, meta, _ = checkpoint_io.restore(directory)
   b = step_lib.PrefixBlock(int(meta["block"]), int(meta["in_scale"]),
                            tuple(int(c) for c in meta["path"]))
-  return Frozen(b, parallel.replicate(variables, run.mesh))
+  return Frozen(b, parallel.replicate(variables, mesh))
 
 
-def train_all_blocks(run: Run, prefix_arch: ss.Architecture) -> list[Frozen]:
-  """Blocks 0..3 in turn; the path of block b that the next block builds on is
-  `prefix_arch.paths[b]` (the rating issue replaces this with the rated choice)."""
-  frozen: list[Frozen] = []
+def rate_block(run: Run, block: int, state: step_lib.BlockState,
+               chains: dict[int, list[Frozen]]) -> dict[int, dict[ss.Path, float]]:
+  """Rates every candidate at every input scale and writes the rank files (SPEC III.4)."""
+  from bossnas_jax import rating, ratings  # Rating pulls in the search's cost tables.
+
+  trainers = trainers_for(run, block, chains)
+  epochs = int(run.config.train.epochs_per_block)
+  rating_set = pipeline.rating_set(
+      run.config.data, resolution=run.dims.resolution, seed=int(run.config.seed),
+      rating_index=block, global_batch_size=calibration_batch(run.config), mesh=run.mesh)
+  out = {}
+  for s, chain in sorted(chains.items(), reverse=True):
+    prefix_vars = tuple(f.variables for f in chain)
+    key = run.calibration_key(block)
+    calib = [x for x, _ in block_inputs(run, trainers[s], prefix_vars, run.calibration_set(),
+                                        key)]
+    rated = block_inputs(run, trainers[s], prefix_vars, rating_set,
+                         jax.random.fold_in(key, 1))
+    rater = rating.Rater(trainers[s].models, run.mesh, state, s, calib, rated)
+    prefix = "-".join(ss.format_path(f.block.path) for f in chain)
+    cands = list(ss.candidates(block, s))
+    progress = {"block": block, "in_scale": s, "prefix": prefix, "epochs": epochs}
+    scores = rating.rate(rater, cands, workdir=run.workdir, block=block, progress_key=progress,
+                         desc=f"rating block {block} from {ss.SCALE_NAMES[s]}x"
+                              f"{ss.SCALE_NAMES[s]} ({len(cands)} candidates)")
+    if jax.process_index() == 0:
+      ratings.write_rank_file(run.workdir, block, s, prefix, scores, rating_index=block,
+                              epoch=epochs, num_images=rating_set.num_images, dims=run.dims)
+    rating.clear_progress(run.workdir, block, s)
+    out[s] = scores
+  return out
+
+
+def next_chains(run: Run, block: int, state, chains, scores) -> dict[int, list[Frozen]]:
+  """For every scale some candidate of `block` ends at, the best-scored such candidate (with its
+  own chain) becomes the next block's prefix there (III.5)."""
+  best: dict[int, tuple[float, int, ss.Path]] = {}
+  for s, per in scores.items():
+    for p, v in per.items():
+      d = ss.output_scale(p)
+      if d not in best or v < best[d][0]:
+        best[d] = (v, s, p)
+  out = {}
+  for d, (v, s, p) in sorted(best.items(), reverse=True):
+    frozen = freeze_block(run, block, state, s, p, chains[s])
+    save_frozen(run, frozen)
+    out[d] = chains[s] + [frozen]
+    print(f"block {block}: best path ending at {ss.SCALE_NAMES[d]}x{ss.SCALE_NAMES[d]} is "
+          f"{ss.format_path(p)} (score {v:.4f}, input {ss.SCALE_NAMES[s]}x{ss.SCALE_NAMES[s]})",
+          flush=True)
+  return out
+
+
+def _progress_file(run: Run) -> str:
+  return os.path.join(run.workdir, "blocks_done.json")
+
+
+def train_all_blocks(run: Run) -> dict[int, list[Frozen]]:
+  """Blocks 0..3 in turn: train, rate, and freeze the best path ending at every scale."""
+  done = {}
+  if os.path.exists(_progress_file(run)):
+    with open(_progress_file(run)) as f:
+      done = json.load(f)
+  chains: dict[int, list[Frozen]] = {ss.STEM_SCALE: []}
   for block in range(ss.NUM_BLOCKS):
-    done = load_frozen(run, block)
-    if done is not None:
-      print(f"block {block}: finished earlier, path {ss.format_path(done.block.path)}",
-            flush=True)
-      frozen.append(done)
+    if str(block) in done:
+      chains = {int(d): [load_frozen(p, run.mesh) for p in dirs]
+                for d, dirs in done[str(block)].items()}
+      print(f"block {block}: finished earlier; carries scales "
+            f"{', '.join(ss.SCALE_NAMES[d] for d in sorted(chains, reverse=True))}", flush=True)
       continue
-    state = train_block(run, block, frozen)
-    f = freeze_block(run, block, state, prefix_arch.paths[block], frozen)
-    save_frozen(run, f)
-    frozen.append(f)
-  return frozen
+    state = train_block(run, block, chains)
+    scores = rate_block(run, block, state, chains)
+    if block + 1 < ss.NUM_BLOCKS:
+      chains = next_chains(run, block, state, chains, scores)
+    done[str(block)] = {str(d): [_frozen_dir(run, f.block.block, f.block.in_scale, f.block.path)
+                                 for f in chain] for d, chain in chains.items()}
+    if jax.process_index() == 0:
+      with open(_progress_file(run) + ".tmp", "w") as f:
+        json.dump(done, f, indent=1)
+      os.replace(_progress_file(run) + ".tmp", _progress_file(run))
+  return chains
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -1,0 +1,257 @@
+"""Rating toward the population centre (SPEC I.7, III.4; decisions D6, D7, D11).
+
+For block b taking input at scale s, every candidate P of C(b, s) is rated on the rating set:
+  1. BN recalibration (D6): the exact statistics of every BN of P's target path and projector, and
+     of its online path, projector and predictor, over the calibration set (both views).
+  2. Target projections of both rating views, L2-normalised; their mean over C(b, s) is the
+     population centre c_v of each image (D7: normalised before averaging).
+  3. Score(P) = mean over rating images of L(q_v1(P), c_v2) + L(q_v2(P), c_v1), with q the online
+     prediction and L the head loss (-2 cos). Lower is better.
+
+Candidates are processed one at a time in two passes (centre, then scores), with progress saved
+after every candidate, so an interrupted rating redoes only the unfinished candidates. Evaluation
+programs are compiled per layer configuration and shared by all candidates, as in training.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from bossnas_jax import calibration, parallel, ratings
+from bossnas_jax import search_space as ss
+from bossnas_jax.models import heads, supernet
+from bossnas_jax.train import step as step_lib
+
+P = jax.sharding.PartitionSpec
+D = P(parallel.AXIS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation-mode programs.
+
+
+def _pair(f, pair):
+  return jax.vmap(f, in_axes=1, out_axes=1)(pair)
+
+
+@functools.cache
+def unit_eval(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
+  """(params, batch_stats, x pair) -> y pair with inference-mode BN."""
+  def per_device(params, stats, pair):
+    return _pair(lambda x: supernet.unit_apply(dims, unit, params, x, train=False, dtype=dtype,
+                                               batch_stats=stats)[0], pair)
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), D), out_specs=D))
+
+
+@functools.cache
+def heads_eval(models: step_lib.Models, mesh, predict: bool):
+  """(proj [, pred] variables, y pair) -> normalised projections, or raw predictions."""
+  proj, pred = models.projector, models.predictor
+
+  def per_device(variables, pair):
+    def f(y):
+      z = proj.apply(variables["proj"], y, train=False)
+      return pred.apply(variables["pred"], z, train=False) if predict else heads.normalize(z)
+    return _pair(f, pair)
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), D), out_specs=D))
+
+
+@functools.cache
+def _loss_program(mesh):
+  """Per-image symmetric loss of predictions q (B, 2, D) toward centres c (B, 2, D)."""
+  def per_image(q, c):
+    cos = lambda a, b: jnp.sum(heads.normalize(a) * heads.normalize(b), axis=-1)
+    return -2 * cos(q[:, 0], c[:, 1]) - 2 * cos(q[:, 1], c[:, 0])
+
+  return jax.jit(per_image)
+
+
+def _module_moments(module: nn.Module, **kw):
+  """A head module's train-mode apply that also returns its BN input moments."""
+  def apply(params, x):
+    y, mutated = module.apply({"params": params}, x, train=True,
+                              mutable=["batch_stats", calibration.MOMENTS], **kw)
+    return y, mutated[calibration.MOMENTS]
+  return calibration.with_bn_moments(apply)
+
+
+@functools.cache
+def _head_moments_apply(module: nn.Module):
+  return _module_moments(module)
+
+
+def _calibrate_heads(mesh, modules: Sequence[nn.Module], params: Sequence, xs) -> list[dict]:
+  """Exact BN statistics of a chain of head modules over a list of (B, 2, ...) input pairs."""
+  acc = [None] * len(modules)
+  for pair in xs:
+    for v in range(pair.shape[1]):
+      x = pair[:, v]
+      for i, (m, p) in enumerate(zip(modules, params)):
+        x, moments = calibration.moments_program(_head_moments_apply(m), mesh)(p, x)
+        acc[i] = calibration.merge_tree(acc[i], jax.device_get(moments))
+  return [calibration.to_batch_stats(a) for a in acc]
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+class Rater:
+  """Rates the candidates of one block at one input scale."""
+
+  def __init__(self, models: step_lib.Models, mesh, state: step_lib.BlockState, in_scale: int,
+               calibration_pairs: Sequence, rating_batches: Sequence):
+    """`calibration_pairs`: (B, 2, ...) block inputs of the calibration set (through the frozen
+    prefix); `rating_batches`: (pair, mask) of the rating set."""
+    self.models, self.mesh, self.state, self.in_scale = models, mesh, state, in_scale
+    self.calibration_pairs = list(calibration_pairs)
+    self.rating_batches = list(rating_batches)
+
+  def _units(self, path):
+    return self.models.units(self.in_scale, path)
+
+  def calibrate(self, path) -> dict:
+    """BN statistics of the candidate's target and online networks (D6)."""
+    m, dims, dtype, mesh = self.models, self.models.dims, self.models.dtype, self.mesh
+    units = self._units(path)
+    d = ss.output_scale(path)
+    out = {}
+    for side in ("target", "online"):
+      tree = getattr(self.state, side)
+      params = [supernet.unit_params(tree["block"], dims, u) for u in units]
+      # Block statistics, then the inputs of the heads (the path's outputs in train mode).
+      ys = []
+      stats = calibration.calibrate_units(dims, dtype, mesh, units, params,
+                                          self.calibration_pairs, outputs=ys)
+      hp = step_lib.head_params(m, tree, d)
+      mods, hparams = [m.projector], [hp["proj"]]
+      if side == "online":
+        mods.append(m.predictor)
+        hparams.append(hp["pred"])
+      head_stats = _calibrate_heads(mesh, mods, hparams, ys)
+      out[side] = {"units": [_unit_stats(stats, u) for u in units], "params": params,
+                   "heads": {"proj": {"params": hp["proj"], "batch_stats": head_stats[0]}}}
+      if side == "online":
+        out[side]["heads"]["pred"] = {"params": hp["pred"], "batch_stats": head_stats[1]}
+    return out
+
+  def _forward(self, side_vars, path, pair, predict: bool):
+    dims, dtype, mesh = self.models.dims, self.models.dtype, self.mesh
+    x = pair
+    for u, p, s in zip(self._units(path), side_vars["params"], side_vars["units"]):
+      x = unit_eval(dims, dtype, mesh, u)(p, s, x)
+    return heads_eval(self.models, mesh, predict)(side_vars["heads"], x)
+
+  def target_projections(self, calibrated, path) -> list[jax.Array]:
+    return [self._forward(calibrated["target"], path, pair, False)
+            for pair, _ in self.rating_batches]
+
+  def score(self, calibrated, path, centres: Sequence[jax.Array]) -> float:
+    """Mean over the rating images of the symmetric loss toward the (summed) centre."""
+    total, count = 0.0, 0.0
+    for (pair, mask), c in zip(self.rating_batches, centres):
+      q = self._forward(calibrated["online"], path, pair, True)
+      per_image = np.asarray(jax.device_get(_loss_program(self.mesh)(q, c)), np.float64)
+      m = np.asarray(jax.device_get(mask), bool)
+      total += float(per_image[m].sum())
+      count += float(m.sum())
+    return total / count
+
+
+def _unit_stats(block_stats: dict, unit: supernet.Unit) -> dict:
+  """Block-named batch statistics -> the unit's nesting ({'op'} or {'stem', 'adapter', 'op'})."""
+  return {k: block_stats[name] for k, name in supernet.unit_param_names(unit).items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# One rating of one (block, input scale), resumable per candidate.
+
+
+def _progress_path(workdir: str, block: int, in_scale: int) -> str:
+  return os.path.join(ratings.ratings_dir(workdir), "partial",
+                      f"block{block}_in{ss.SCALE_NAMES[in_scale]}")
+
+
+def _load_progress(path: str, key: dict):
+  meta_path = path + ".json"
+  if not os.path.exists(meta_path):
+    return [], None, {}
+  with open(meta_path) as f:
+    meta = json.load(f)
+  if meta.get("key") != key:  # A rating of another epoch or chain: start again.
+    return [], None, {}
+  centre = None
+  if meta["centred"]:
+    with np.load(path + ".npz") as z:
+      centre = [z[f"c{i}"] for i in range(len(z.files))]
+  scores = {tuple(int(c) for c in k): float(v) for k, v in meta["scores"].items()}
+  return [tuple(int(c) for c in p) for p in meta["centred"]], centre, scores
+
+
+def _save_progress(path: str, key: dict, centred, centre, scores) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if centre is not None:
+    np.savez(path + ".tmp.npz", **{f"c{i}": c for i, c in enumerate(centre)})
+    os.replace(path + ".tmp.npz", path + ".npz")
+  with open(path + ".tmp.json", "w") as f:
+    json.dump({"key": key, "centred": [ss.format_path(p) for p in centred],
+               "scores": {ss.format_path(p): s for p, s in scores.items()}}, f)
+  os.replace(path + ".tmp.json", path + ".json")
+
+
+def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: int,
+         progress_key: dict, desc: str = "") -> dict[ss.Path, float]:
+  """Scores of every candidate of one (block, input scale); resumes from saved progress."""
+  path = _progress_path(workdir, block, rater.in_scale)
+  centred, centre_host, scores = _load_progress(path, progress_key)
+  sharding = parallel.batch_sharded(rater.mesh)
+  if centre_host is not None:
+    centre = [jax.device_put(c, sharding) for c in centre_host]
+  else:
+    centre = None
+  cache = {}
+  bar = tqdm.tqdm(total=2 * len(candidates), initial=len(centred) + len(scores), unit="cand",
+                  desc=desc or f"rating block {block}", dynamic_ncols=True)
+  try:
+    # Pass 1: the population centre (sum of normalised target projections; D7).
+    for p in candidates:
+      if p in centred:
+        continue
+      cache[p] = rater.calibrate(p)
+      zs = rater.target_projections(cache[p], p)
+      centre = zs if centre is None else [a + z for a, z in zip(centre, zs)]
+      centred.append(p)
+      _save_progress(path, progress_key, centred, [np.asarray(jax.device_get(c)) for c in centre],
+                     scores)
+      bar.update(1)
+    centre = [c / len(candidates) for c in centre]
+    # Pass 2: every candidate's loss toward the centre.
+    for p in candidates:
+      if p in scores:
+        continue
+      calibrated = cache.pop(p, None) or rater.calibrate(p)
+      scores[p] = rater.score(calibrated, p, centre)
+      _save_progress(path, progress_key, centred, None, scores)
+      bar.update(1)
+  finally:
+    bar.close()
+  return scores
+
+
+def clear_progress(workdir: str, block: int, in_scale: int) -> None:
+  path = _progress_path(workdir, block, in_scale)
+  for ext in (".json", ".npz"):
+    if os.path.exists(path + ext) and jax.process_index() == 0:
+      os.remove(path + ext)
