@@ -238,7 +238,8 @@ def test_settings():
   config.seed = 7
   st = sr.settings_from(config, max_madds=4e9)
   assert (st.population, st.generations, st.seed, st.max_madds, st.strategy) == (
-      20, 10, 7, 4e9, "evolution")
+      20, 10, 7, 4e9, "exhaustive")
+  assert st.resolution == 32  # The demo's final BossNet size.
   st = sr.settings_from({"strategy": "greedy", "max_params": None, "other": 1})
   assert st.strategy == "greedy" and st.max_params is None
 
