@@ -128,41 +128,132 @@ def set_head_params(tree: Tree, sub: Tree) -> Tree:
 # Compiled programs, one per layer/head configuration.
 
 
+def _local_grad_mean(grads):
+  """The mean over devices of per-device gradients.
+
+  Gradients of replicated parameters taken inside shard_map come back already summed over the
+  mesh (the transpose of broadcasting an invariant value to every device is a psum); the average
+  over devices, DDP's convention, is that sum divided by the device count.
+  """
+  n = jax.lax.axis_size(parallel.AXIS)
+  return jax.tree.map(lambda g: g / n, grads)
+
+
 def _per_view(f, pair):
-  """f over each view of a (B, 2, ...) pair: BN statistics per view group."""
-  return jnp.stack([f(pair[:, 0]), f(pair[:, 1])], axis=1)
+  """f over each view of a (B, 2, ...) pair. Mapped over the view axis, so BN statistics are per
+  view group while XLA runs both views through each convolution as one batch."""
+  return jax.vmap(f, in_axes=1, out_axes=1)(pair)
+
+
+def _program_unit(unit: supernet.Unit) -> supernet.Unit:
+  """The key a unit's programs are compiled under: its layer index only names parameters, so the
+  same op with the same entry and input width shares its programs across layers."""
+  return dataclasses.replace(unit, layer=0)
+
+
+def _apply_pair(dims: ss.Dims, dtype, unit: supernet.Unit):
+  """(unit params, x pair) -> y pair, train-mode BN per view group."""
+  def apply(params, pair):
+    return _per_view(lambda x: supernet.unit_apply(dims, unit, params, x, train=True,
+                                                   dtype=dtype)[0], pair)
+  return apply
 
 
 @functools.cache
 def unit_forward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
   """(unit params, x pair) -> y pair, train-mode BN."""
-  def per_device(params, pair):
-    return _per_view(lambda x: supernet.unit_apply(dims, unit, params, x, train=True,
-                                                   dtype=dtype)[0], pair)
+  return _unit_forward(dims, dtype, mesh, _program_unit(unit))
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), D), out_specs=D))
+
+@functools.cache
+def _unit_forward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
+  return jax.jit(jax.shard_map(_apply_pair(dims, dtype, unit), mesh=mesh, in_specs=(P(), D),
+                               out_specs=D))
 
 
 @functools.cache
 def unit_backward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, need_dx: bool):
   """(params, acc, x pair, dy pair) -> (acc + scale * mean-over-devices grad, dx pair or None).
 
-  Recomputes the forward (train-mode BN is deterministic given the input)."""
+  Recomputes the forward (train-mode BN is deterministic given the input). The training step uses
+  `unit_vjp` instead, which keeps the forward's residuals."""
+  return _unit_backward(dims, dtype, mesh, _program_unit(unit), scale, need_dx)
+
+
+@functools.cache
+def _unit_backward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, need_dx: bool):
   def per_device(params, acc, pair, dy):
-    f = lambda p, x: _per_view(
-        lambda v: supernet.unit_apply(dims, unit, p, v, train=True, dtype=dtype)[0], x)
+    f = _apply_pair(dims, dtype, unit)
     if need_dx:
       _, vjp = jax.vjp(f, params, pair)
       dp, dx = vjp(dy)
     else:
       _, vjp = jax.vjp(lambda p: f(p, pair), params)
       (dp,), dx = vjp(dy), None
-    dp = jax.lax.pmean(dp, parallel.AXIS)
+    dp = _local_grad_mean(dp)
     return jax.tree.map(lambda a, g: a + scale * g, acc, dp), dx
 
   fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), D, D),
                      out_specs=(P(), D if need_dx else None))
   return jax.jit(fn, donate_argnums=1)
+
+
+@functools.cache
+def unit_vjp(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, need_dx: bool):
+  """A unit's forward that keeps what its backward needs, and that backward:
+
+    forward: (params, x pair) -> (y pair, residuals)
+    backward: (params, acc, residuals, dy pair) -> (acc + scale * mean-over-devices grad,
+                                                    dx pair or None)
+
+  The same arithmetic as `unit_forward` followed by `unit_backward`, without recomputing the
+  forward. Residuals are the leaves of `jax.vjp`'s pullback, each with a leading device axis so
+  they stay split over 'data'; those that are the parameters themselves are not returned but
+  taken from the backward's `params`.
+  """
+  return _unit_vjp(dims, dtype, mesh, _program_unit(unit), scale, need_dx)
+
+
+@functools.cache
+def _unit_vjp(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, need_dx: bool):
+  apply = _apply_pair(dims, dtype, unit)
+  layouts = {}  # Residual avals -> (pullback treedef, where each pullback leaf comes from).
+
+  def forward(params, pair):
+    if need_dx:
+      y, pullback = jax.vjp(apply, params, pair)
+    else:
+      y, pullback = jax.vjp(lambda p: apply(p, pair), params)
+    leaves, tree = jax.tree.flatten(pullback)
+    param_index = {id(leaf): k for k, leaf in enumerate(jax.tree.leaves(params))}
+    where, kept = [], []
+    for leaf in leaves:
+      if id(leaf) in param_index:
+        where.append((True, param_index[id(leaf)]))
+      else:
+        where.append((False, len(kept)))
+        kept.append(jnp.asarray(leaf)[None])
+    layouts[_avals(kept)] = (tree, tuple(where))
+    return y, kept
+
+  def backward(params, acc, kept, dy):
+    tree, where = layouts[_avals(kept)]
+    param_leaves = jax.tree.leaves(params)
+    leaves = [param_leaves[k] if is_param else kept[k][0] for is_param, k in where]
+    grads = jax.tree.unflatten(tree, leaves)(dy)
+    (dp, dx) = grads if need_dx else (grads[0], None)
+    dp = _local_grad_mean(dp)
+    return jax.tree.map(lambda a, g: a + scale * g, acc, dp), dx
+
+  fwd = jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(P(), D), out_specs=(D, D)))
+  bwd = jax.shard_map(backward, mesh=mesh, in_specs=(P(), P(), D, D),
+                      out_specs=(P(), D if need_dx else None))
+  return fwd, jax.jit(bwd, donate_argnums=1)
+
+
+def _avals(leaves) -> tuple:
+  """Hashable shapes and dtypes of arrays (per device: the leading device axis is dropped)."""
+  return tuple((tuple(x.shape[1:]), jnp.dtype(x.dtype).name) for x in leaves)
 
 
 @functools.cache
@@ -195,7 +286,7 @@ def online_head(models: Models, mesh, scale: int, acc_scale: float):
 
   def per_device(params, acc, pair, targets):
     loss, (dp, dy) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, pair, targets)
-    dp = jax.lax.pmean(dp, parallel.AXIS)
+    dp = _local_grad_mean(dp)
     acc = jax.tree.map(lambda a, g: a + acc_scale * g, acc, dp)
     return acc, dy, jax.lax.pmean(loss, parallel.AXIS)
 
@@ -203,21 +294,23 @@ def online_head(models: Models, mesh, scale: int, acc_scale: float):
   return jax.jit(fn, donate_argnums=1)
 
 
+def shuffle_permutations(key, n: int) -> jax.Array:
+  """Shuffle-BN's permutations of a global batch of n, one per view of a pair: (2, n)."""
+  return jnp.stack([jax.random.permutation(jax.random.fold_in(key, v), n) for v in (0, 1)])
+
+
 @functools.cache
 def _shuffle_programs(mesh):
   """Shuffle-BN: each view group of a pair permuted over the whole global batch, and back."""
   sharding = parallel.batch_sharded(mesh)
 
-  def perms(key, n):
-    return jnp.stack([jax.random.permutation(jax.random.fold_in(key, v), n) for v in (0, 1)])
-
   def shuffle(pair, key):
-    p = perms(key, pair.shape[0])
+    p = shuffle_permutations(key, pair.shape[0])
     out = jnp.stack([pair[p[v], v] for v in (0, 1)], axis=1)
     return jax.lax.with_sharding_constraint(out, sharding)
 
   def unshuffle(pair, key):
-    inv = jnp.argsort(perms(key, pair.shape[0]), axis=1)
+    inv = jnp.argsort(shuffle_permutations(key, pair.shape[0]), axis=1)
     out = jnp.stack([pair[inv[v], v] for v in (0, 1)], axis=1)
     return jax.lax.with_sharding_constraint(out, sharding)
 
@@ -321,18 +414,22 @@ class BlockTrainer:
     m, dims, dtype = self.models, self.models.dims, self.models.dtype
     units = m.units(in_scale, path)
     params = [supernet.unit_params(state.online["block"], dims, u) for u in units]
-    xs = [pair]
-    for u, p in zip(units, params):
-      xs.append(unit_forward(dims, dtype, self.mesh, u)(p, xs[-1]))
+    programs = [unit_vjp(dims, dtype, self.mesh, u, self.acc_scale, need_dx=i > 0)
+                for i, u in enumerate(units)]
+    # Only this path's activations are alive: each unit's residuals, freed by its backward.
+    x, saved = pair, []
+    for (forward, _), p in zip(programs, params):
+      x, res = forward(p, x)
+      saved.append(res)
     d = ss.output_scale(path)
     acc_heads, dy, loss = online_head(m, self.mesh, d, self.acc_scale)(
-        head_params(m, state.online, d), head_params(m, acc, d), xs[-1], targets)
+        head_params(m, state.online, d), head_params(m, acc, d), x, targets)
+    del x
     acc = set_head_params(acc, acc_heads)
     block_acc = acc["block"]
     for i in reversed(range(len(units))):
-      u = units[i]
-      back = unit_backward(dims, dtype, self.mesh, u, self.acc_scale, need_dx=i > 0)
-      sub, dy = back(params[i], supernet.unit_params(block_acc, dims, u), xs[i], dy)
+      u, backward = units[i], programs[i][1]
+      sub, dy = backward(params[i], supernet.unit_params(block_acc, dims, u), saved.pop(), dy)
       block_acc = supernet.set_unit_params(block_acc, u, sub)
     return {**acc, "block": block_acc}, loss
 
