@@ -1,0 +1,40 @@
+r"""Top-1/top-5 of a BossNet checkpoint (native or converted from PyTorch) on a TFDS split.
+
+  python launch/evaluate.py --checkpoint ckpt/t0 --data_dir /data/tfds --name imagenet2012 \
+      --split validation --resolution 224
+Without --data_dir it reads the embedded default data (Fashion-MNIST, split 'test').
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+from absl import app, flags, logging  # noqa: E402
+
+from bossnas_jax import evaluate  # noqa: E402
+from bossnas_jax.data import embedded  # noqa: E402
+
+_CKPT = flags.DEFINE_string("checkpoint", None, "BossNet checkpoint folder (bossnas_jax.convert).")
+_NAME = flags.DEFINE_string("name", None, "TFDS data set (default: the embedded Fashion-MNIST).")
+_SPLIT = flags.DEFINE_string("split", None, "Split (default 'validation', embedded: 'test').")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder or gs:// holding the prepared data set.")
+_RES = flags.DEFINE_integer("resolution", 224, "Evaluation resolution (a multiple of 32).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per batch.")
+_LIMIT = flags.DEFINE_integer("limit", None, "Evaluate only the first N images.")
+flags.mark_flags_as_required(["checkpoint"])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  name = _NAME.value or (embedded.NAME if _DATA_DIR.value is None else "imagenet2012")
+  split = _SPLIT.value or ("test" if name == embedded.NAME else "validation")
+  result = evaluate.evaluate(_CKPT.value, name=name, split=split, data_dir=_DATA_DIR.value,
+                             resolution=_RES.value, batch_size=_BATCH.value, limit=_LIMIT.value)
+  print(f"{name}:{split} at {_RES.value}: top-1 {result['top1']:.2f}%  top-5 "
+        f"{result['top5']:.2f}%  ({result['count']} images)")
+
+
+if __name__ == "__main__":
+  app.run(main)
