@@ -5,7 +5,11 @@ XLA_FLAGS must be set before jax is imported anywhere, which is why this lives i
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# On 2 shared cores a simulated device can reach a collective long after the others (its thread
+# waits behind a cold compile); XLA:CPU aborts the process after 40 s by default, so give it more.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=900 "
+                      "--xla_cpu_collective_timeout_seconds=900")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
