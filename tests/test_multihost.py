@@ -34,7 +34,8 @@ def test_two_processes_match_one_process(tmp_path):
   procs = []
   for pid in range(2):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+               "--xla_cpu_collective_call_terminate_timeout_seconds=900",
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(pid), BOSSNAS_TEST_CACHE=os.path.abspath(cache))
     procs.append(subprocess.Popen(
