@@ -368,7 +368,8 @@ def _torch_bossnet(config):
     ("4421-1100-0000-0000", 96)])
 def test_logits_match_pytorch(model, resolution, tmp_path):
   torch.manual_seed(0)
-  config = bs.resolve_config(model, width_multiplier=0.25)
+  # The official builder's layout (an empty stage is a stride-2 conv), as the PyTorch model has it.
+  config = bs.resolve_config(model, width_multiplier=0.25, empty_stage_stride="official")
   net = _torch_bossnet(config)
   path = str(tmp_path / "model.pth")
   torch.save({"model": net.state_dict()}, path)  # DeiT's layout: the state_dict under 'model'

@@ -36,7 +36,13 @@ from bossnas_jax.models.bossnet_spec import (  # noqa: F401  (re-exported)
     named_config,
     resolve_config,
 )
-from bossnas_jax.models.layers import Dtype, batch_norm, torch_default_bias_init, torch_default_init
+from bossnas_jax.models.layers import (
+    MHSA,
+    Dtype,
+    batch_norm,
+    torch_default_bias_init,
+    torch_default_init,
+)
 
 # BossNet's init (SPEC I.8.2): conv kaiming-normal(fan_out, relu); Linear keeps PyTorch's default.
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -106,31 +112,6 @@ def drop_path(x, rate: float, rng):
   return x * (mask.astype(x.dtype) / jnp.asarray(keep, x.dtype))
 
 
-class Attention(nn.Module):
-  """Standard all-to-all MHSA of the retraining model: softmax(q kᵀ · dh^-0.5) v.
-
-  qkv is one bias-free 1x1 conv to 3·heads·dim_head channels laid out [q heads | k heads | v heads],
-  dim_head per head (the official `to_qkv`); no relative positions and no output projection. The
-  maths is that of layers.MHSA; this copy exists for BossNet's kaiming init of `qkv`.
-  """
-
-  heads: int
-  dim_head: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    b, h, w, _ = x.shape
-    inner = self.heads * self.dim_head
-    qkv = _conv1x1(3 * inner, "qkv", self.dtype)(x)
-    qkv = qkv.reshape(b, h * w, 3, self.heads, self.dim_head)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    q = q * jnp.asarray(self.dim_head**-0.5, q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, h, w, inner)
-
-
 def _shortcut(block: nn.Module, spec: BlockSpec, x, train: bool):
   """Avg-down projection (pool if strided, 1x1, BN, no act) or identity."""
   if not spec.shortcut:
@@ -185,7 +166,7 @@ class ResAttBlock(nn.Module):
     y = _conv1x1(s.width, "proj_conv", self.dtype)(x)
     y = _peg(s.width, s.stride, "proj_peg", self.dtype)(y)
     y = act(batch_norm(train, "proj_bn", dtype=self.dtype)(y))
-    y = Attention(s.heads, self.dim_head, self.dtype, name="attn")(y)
+    y = MHSA(s.heads, self.dim_head, self.dtype, kaiming_fan_out, name="attn")(y)
     y = act(batch_norm(train, "attn_bn", dtype=self.dtype)(y))
     y = _conv1x1(s.out_channels, "out_conv", self.dtype)(y)
     y = batch_norm(train, "out_bn", zero_init=True, dtype=self.dtype)(y)

@@ -165,12 +165,13 @@ class MHSA(nn.Module):
   heads: int
   dim_head: int
   dtype: Dtype = jnp.float32
+  kernel_init: Any = torch_default_init  # BossNet uses kaiming fan-out (SPEC I.8.2).
 
   @nn.compact
   def __call__(self, x):
     b, h, w, _ = x.shape
     inner = self.heads * self.dim_head
-    qkv = conv1x1(3 * inner, "qkv", self.dtype)(x)
+    qkv = conv1x1(3 * inner, "qkv", self.dtype, kernel_init=self.kernel_init)(x)
     qkv = qkv.reshape(b, h * w, 3, self.heads, self.dim_head)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q = q * self.dim_head**-0.5

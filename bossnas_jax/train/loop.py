@@ -178,25 +178,6 @@ def trainers_for(run: Run, block: int, chains: dict[int, list[Frozen]], acc_step
           for s, chain in chains.items()}
 
 
-def micro_step(trainers, state, acc, prefix_vars, views, key, candidates):
-  """One micro-batch over candidates that may take input at different scales (III.5): the views
-  go through each needed prefix once; targets, ensemble and online passes as in `BlockTrainer`."""
-  any_trainer = next(iter(trainers.values()))
-  feats = {s: trainers[s].features(prefix_vars[s], views, jax.random.fold_in(key, 0))
-           for s in sorted({s for s, _ in candidates})}
-  half = views.shape[1] // 2
-  pairs = [jnp.stack([feats[s][:, j], feats[s][:, half + j]], axis=1)
-           for j, (s, _) in enumerate(candidates)]
-  zs = [any_trainer.target(state, s, p, pair, jax.random.fold_in(key, 1 + j))
-        for j, ((s, p), pair) in enumerate(zip(candidates, pairs))]
-  targets = sum(zs[1:], zs[0]) / len(zs)  # Mean of normalised projections (D7).
-  losses = []
-  for (s, p), pair in zip(candidates, pairs):
-    acc, loss = any_trainer.online(state, acc, s, p, pair, targets)
-    losses.append(loss)
-  return acc, losses
-
-
 def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Frozen]
                 ) -> step_lib.BlockState:
   """Trains one block from scratch or from its newest checkpoint; returns its final state.
@@ -238,8 +219,8 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
       batch = next(it)
       views = parallel.host_batch_to_global(batch["views"], run.mesh)
       paths = step_lib.sample_paths(candidates, num_paths, int(run.config.seed), block, k)
-      acc, losses = micro_step(trainers, state, acc, prefix_vars, views,
-                               jax.random.fold_in(key, k), paths)
+      acc, losses = step_lib.micro_step(trainers, state, acc, prefix_vars, views,
+                                        jax.random.fold_in(key, k), paths)
       window.extend(losses)
       if (k + 1) % acc_steps:
         continue

@@ -435,22 +435,35 @@ class BlockTrainer:
 
   def micro_step(self, state: BlockState, acc: Tree, prefix_vars, views, key,
                  candidates: Sequence[tuple[int, ss.Path]]):
-    """One micro-batch: features, ensemble targets, online gradients of all sampled paths."""
-    feats = self.features(prefix_vars, views, jax.random.fold_in(key, 0))
-    take = _pair_program(self.mesh)
-    pairs = [take(feats, j) for j in range(len(candidates))]
-    zs = [self.target(state, s, p, pair, jax.random.fold_in(key, 1 + j))
-          for j, ((s, p), pair) in enumerate(zip(candidates, pairs))]
-    targets = sum(zs[1:], zs[0]) / len(zs)  # Mean of normalised projections (D7).
-    losses = []
-    for (s, p), pair in zip(candidates, pairs):
-      acc, loss = self.online(state, acc, s, p, pair, targets)
-      losses.append(loss)
-    return acc, losses
+    """One micro-batch of candidates that all take input at this trainer's scale."""
+    return micro_step({self.in_scale: self}, state, acc, {self.in_scale: prefix_vars}, views,
+                      key, candidates)
 
   def update(self, state: BlockState, acc: Tree, lr: float, ema: float):
     """LARS step, then EMA; returns the new state and a zeroed accumulator."""
     return self._update(state, acc, jnp.float32(lr), jnp.float32(ema))
+
+
+def micro_step(trainers: dict[int, BlockTrainer], state: BlockState, acc: Tree, prefix_vars,
+               views, key, candidates: Sequence[tuple[int, ss.Path]]):
+  """One micro-batch over candidates that may take input at different scales (III.5).
+
+  `trainers` and `prefix_vars` are keyed by input scale: the views go through each needed frozen
+  prefix once; then targets with shuffle-BN, the ensemble, and the online passes of all paths.
+  """
+  trainer = next(iter(trainers.values()))
+  feats = {s: trainers[s].features(prefix_vars[s], views, jax.random.fold_in(key, 0))
+           for s in sorted({s for s, _ in candidates})}
+  take = _pair_program(trainer.mesh)
+  pairs = [take(feats[s], j) for j, (s, _) in enumerate(candidates)]
+  zs = [trainer.target(state, s, p, pair, jax.random.fold_in(key, 1 + j))
+        for j, ((s, p), pair) in enumerate(zip(candidates, pairs))]
+  targets = sum(zs[1:], zs[0]) / len(zs)  # Mean of normalised projections (D7).
+  losses = []
+  for (s, p), pair in zip(candidates, pairs):
+    acc, loss = trainer.online(state, acc, s, p, pair, targets)
+    losses.append(loss)
+  return acc, losses
 
 
 def sample_paths(candidates: Sequence, num_paths: int, seed: int, block: int, micro: int):
