@@ -4,7 +4,6 @@ import gzip
 import io
 import os
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -58,13 +57,9 @@ def test_png_encoder_round_trips():
 @needs_idx
 def test_prepare_from_a_clean_cache_once(tmp_path):
   cache = str(tmp_path / "cache")
-  start = time.perf_counter()
   assert embedded.prepare_embedded(cache) == cache
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  embedded.prepare_embedded(cache, idx_dir=str(tmp_path / "not-needed-any-more"))
-  second = time.perf_counter() - start
-  assert first < 60 and second < 1.0, (first, second)
+  # Prepared once: the second call finds the set and never looks for the (absent) IDX folder.
+  assert embedded.prepare_embedded(cache, idx_dir=str(tmp_path / "not-needed-any-more")) == cache
   train = sources.open_source(embedded.NAME, "train", cache)
   test = sources.open_source(embedded.NAME, "test", cache)
   assert (len(train), len(test), train.num_classes) == (60000, 10000, 10)

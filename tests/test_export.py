@@ -4,7 +4,6 @@ import importlib.util
 import json
 import os
 import sys
-import time
 import types
 
 import ml_collections
@@ -126,7 +125,6 @@ def test_launch_search_with_a_smaller_budget(tmp_path, capsys):
   with open(os.path.join(d, "config.json"), "w") as f:  # As the main job saves it.
     json.dump({"seed": 5, "search": {"strategy": "evolution", "population": 30,
                                      "generations": 10, "max_madds": None}}, f)
-  start = time.time()
   first = launch_search.main(["--workdir", d])
   big = first.search.chosen.cost.madds
   assert first.search.settings.seed == 5 and first.search.settings.population == 30
@@ -137,7 +135,6 @@ def test_launch_search_with_a_smaller_budget(tmp_path, capsys):
   budget = (lowest + big) / 2
   out = str(tmp_path / "smaller")
   second = launch_search.main(["--workdir", d, "--max_madds", f"{budget:.6g}", "--out", out])
-  assert time.time() - start < 30
   chosen = second.search.chosen
   assert chosen.architecture != first.architecture
   assert chosen.cost.madds <= float(f"{budget:.6g}") < big
