@@ -151,6 +151,18 @@ def _program_unit(unit: supernet.Unit) -> supernet.Unit:
   return dataclasses.replace(unit, layer=0)
 
 
+def _named(fn, name: str):
+  """Gives a program's function a name: XLA modules, dumps and profiles are then named after the
+  unit or head they run instead of all being `jit_per_device`."""
+  fn.__name__ = fn.__qualname__ = name
+  return fn
+
+
+def _unit_name(unit: supernet.Unit) -> str:
+  entry = "stem" if unit.stem else "down" if unit.down else "same"
+  return f"op{unit.op}_{entry}_in{unit.in_channels}"
+
+
 def _apply_pair(dims: ss.Dims, dtype, unit: supernet.Unit):
   """(unit params, x pair) -> y pair, train-mode BN per view group."""
   def apply(params, pair):
@@ -167,8 +179,8 @@ def unit_forward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
 
 @functools.cache
 def _unit_forward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
-  return jax.jit(jax.shard_map(_apply_pair(dims, dtype, unit), mesh=mesh, in_specs=(P(), D),
-                               out_specs=D))
+  fn = _named(_apply_pair(dims, dtype, unit), f"unit_forward_{_unit_name(unit)}")
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), D), out_specs=D))
 
 
 @functools.cache
@@ -193,8 +205,8 @@ def _unit_backward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float
     dp = _local_grad_mean(dp)
     return jax.tree.map(lambda a, g: a + scale * g, acc, dp), dx
 
-  fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), D, D),
-                     out_specs=(P(), D if need_dx else None))
+  fn = jax.shard_map(_named(per_device, f"unit_backward_{_unit_name(unit)}"), mesh=mesh,
+                     in_specs=(P(), P(), D, D), out_specs=(P(), D if need_dx else None))
   return jax.jit(fn, donate_argnums=1)
 
 
@@ -245,9 +257,11 @@ def _unit_vjp(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, nee
     dp = _local_grad_mean(dp)
     return jax.tree.map(lambda a, g: a + scale * g, acc, dp), dx
 
-  fwd = jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(P(), D), out_specs=(D, D)))
-  bwd = jax.shard_map(backward, mesh=mesh, in_specs=(P(), P(), D, D),
-                      out_specs=(P(), D if need_dx else None))
+  name = _unit_name(unit)
+  fwd = jax.jit(jax.shard_map(_named(forward, f"online_forward_{name}"), mesh=mesh,
+                              in_specs=(P(), D), out_specs=(D, D)))
+  bwd = jax.shard_map(_named(backward, f"online_backward_{name}"), mesh=mesh,
+                      in_specs=(P(), P(), D, D), out_specs=(P(), D if need_dx else None))
   return fwd, jax.jit(bwd, donate_argnums=1)
 
 
@@ -267,7 +281,8 @@ def target_head(models: Models, mesh, scale: int):
       return heads.normalize(z)
     return _per_view(f, pair)
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), D), out_specs=D))
+  return jax.jit(jax.shard_map(_named(per_device, f"target_head_scale{scale}"), mesh=mesh,
+                               in_specs=(P(), D), out_specs=D))
 
 
 @functools.cache
@@ -290,7 +305,8 @@ def online_head(models: Models, mesh, scale: int, acc_scale: float):
     acc = jax.tree.map(lambda a, g: a + acc_scale * g, acc, dp)
     return acc, dy, jax.lax.pmean(loss, parallel.AXIS)
 
-  fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), D, D), out_specs=(P(), D, P()))
+  fn = jax.shard_map(_named(per_device, f"online_head_scale{scale}"), mesh=mesh,
+                     in_specs=(P(), P(), D, D), out_specs=(P(), D, P()))
   return jax.jit(fn, donate_argnums=1)
 
 
@@ -375,8 +391,8 @@ class BlockTrainer:
         x = module.apply(variables, x, path=pb.path, in_scale=pb.in_scale, train=False)
       return x.reshape((b, v) + x.shape[1:])
 
-    return jax.jit(jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), D, P()),
-                                 out_specs=D))
+    return jax.jit(jax.shard_map(_named(per_device, "features"), mesh=self.mesh,
+                                 in_specs=(P(), D, P()), out_specs=D))
 
   def _build_update(self):
     optimizer = self.optimizer
