@@ -104,10 +104,15 @@ def invert(image, _=None, **__):
 
 
 def posterize(image, bits, **__):
-  """Keeps the `bits` most significant bits of every channel (8 or more: unchanged)."""
+  """Keeps the `bits` most significant bits of every channel (8 or more: unchanged; 0: black).
+
+  A lookup table as PIL's ImageOps.posterize, which since Pillow 10 rejects bits = 0 (what
+  PosterizeIncreasing gives at magnitude 10; older Pillow, which timm ran on, gave black).
+  """
   if bits >= 8:
     return image
-  return ImageOps.posterize(image, int(bits))
+  mask = (0xFF << (8 - int(bits))) & 0xFF
+  return _lut(image, [i & mask for i in range(256)])
 
 
 def solarize(image, threshold, **__):
