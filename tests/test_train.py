@@ -319,6 +319,42 @@ def test_resume_equals_uninterrupted(data_dir, uninterrupted, tmp_path, monkeypa
   assert len(lines) == 4  # Steps 1, 2 before the kill, 3, 4 after it.
 
 
+def test_rating_within_a_block_resumes_and_leaves_training_unchanged(
+    data_dir, uninterrupted, tmp_path, monkeypatch):
+  from bossnas_jax import rating, ratings
+  _, full = uninterrupted
+  config = tiny_config(data_dir)
+  config.rating.rate_every_epochs = 1
+  assert loop.rating_epochs(config) == {1, 2}
+  workdir = str(tmp_path)
+  calls = []
+  original = rating.Rater.calibrate
+
+  def killed_after_5(self, path):
+    if len(calls) == 5:
+      raise _Interrupt()
+    calls.append(tuple(path))
+    return original(self, path)
+
+  # Killed while rating candidate 6 of 50 after epoch 1 (the checkpoint of that epoch is written).
+  monkeypatch.setattr(rating.Rater, "calibrate", killed_after_5)
+  with pytest.raises(_Interrupt):
+    _train(config, workdir)
+  assert pipeline_steps(workdir) == [1, 2]
+  monkeypatch.setattr(rating.Rater, "calibrate",
+                      lambda self, path: calls.append(tuple(path)) or original(self, path))
+  state = _train(config, workdir)  # Finishes the rating, then epoch 2.
+  # The resumed rating centres only the 45 candidates left, then scores all 50; the 5 centred
+  # before the kill are recalibrated for their scores (BN statistics are not checkpointed).
+  assert len(calls) == 5 + 45 + 5 and len(set(calls)) == 50
+  assert_trees_equal(state, full)  # Ratings read the state; they never change training.
+  rf = ratings.read_rank_file(ratings.rank_file_path(workdir, 0, ss.STEM_SCALE))
+  assert rf.epoch == 1 and len(rf.scores) == 50
+  history = os.listdir(os.path.join(workdir, "ratings", "history"))
+  assert history == ["block0_in56_epoch1.json"]
+  assert loop._epoch_ended(8, 3, 2) is None and loop._epoch_ended(4, 3, 2) == 1  # Steps != epochs.
+
+
 def pipeline_steps(workdir, block=0):
   from bossnas_jax import checkpoint_io
   return checkpoint_io.all_steps(os.path.join(workdir, "checkpoints", f"block{block}"))

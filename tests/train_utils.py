@@ -23,6 +23,7 @@ def tiny_config(data_dir: str, **train):
   c.train.checkpoint_every_steps = 1
   c.train.keep_checkpoints = 3
   c.rating.batch_size = 16
+  c.rating.rate_every_epochs = 2  # Only after the last epoch; test_train rates within a block.
   for k, v in train.items():
     c.train[k] = v
   return c

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -199,6 +200,11 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
   total_micro = total_steps * acc_steps
 
   state, micro, data_state = _restore_or_init(run, trainer, block)
+  rate_at = rating_epochs(run.config)
+  ended = _epoch_ended(micro, ipe, acc_steps)
+  if micro < total_micro and ended in rate_at:
+    # Killed during (or just before) a rating inside the block: finish it before training on.
+    _rate_within(run, block, state, chains, ended)
   if micro >= total_micro:
     return state
   it = pipeline.train_iterator(run.config.data, resolution=run.dims.resolution,
@@ -249,12 +255,46 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
                       img_s=f"{rate:.1f}")
       writer.write(block=block, step=step, micro=k + 1, loss=loss, lr=lr, ema=ema,
                    images_per_s=rate)
-      if step % int(cfg.checkpoint_every_steps) == 0 or step == total_steps:
+      epoch = _epoch_ended(k + 1, ipe, acc_steps)
+      rate_now = epoch in rate_at and k + 1 < total_micro
+      if step % int(cfg.checkpoint_every_steps) == 0 or step == total_steps or rate_now:
         _save(run, block, state, k + 1, it.get_state())
+      if rate_now:
+        bar.clear()
+        _rate_within(run, block, state, chains, epoch)
+        t0 = time.perf_counter()
   finally:
     bar.close()
     writer.close()
   return state
+
+
+def rating_epochs(config) -> set[int]:
+  """Epochs (1-based) after which a block is rated: every `rating.rate_every_epochs`, and always
+  after the last one, whose rating is the one kept (the prefix is frozen from those weights)."""
+  epochs, every = int(config.train.epochs_per_block), int(config.rating.rate_every_epochs)
+  return set(range(every, epochs + 1, every)) | {epochs}
+
+
+def _epoch_ended(micro: int, per_epoch: int, acc_steps: int) -> int | None:
+  """The epoch that ended within the optimizer step ending at micro-batch `micro`, if any (an
+  epoch's end need not fall on an optimizer step; its rating waits for the step to finish)."""
+  if micro <= 0:
+    return None
+  epoch = micro // per_epoch
+  return epoch if epoch > (micro - acc_steps) // per_epoch else None
+
+
+def _rate_within(run: Run, block: int, state, chains, epoch: int) -> None:
+  """A rating inside the block (after `epoch`), unless its rank files already hold it."""
+  from bossnas_jax import ratings
+
+  def done(s):
+    path = ratings.rank_file_path(run.workdir, block, s)
+    return os.path.exists(path) and ratings.read_rank_file(path).epoch == epoch
+
+  if not all(done(s) for s in chains):
+    rate_block(run, block, state, chains, epoch=epoch)
 
 
 def block_inputs(run: Run, trainer: step_lib.BlockTrainer, prefix_vars, batches, key):
@@ -299,12 +339,17 @@ def load_frozen(directory: str, mesh) -> Frozen:
 
 
 def rate_block(run: Run, block: int, state: step_lib.BlockState,
-               chains: dict[int, list[Frozen]]) -> dict[int, dict[ss.Path, float]]:
-  """Rates every candidate at every input scale and writes the rank files (SPEC III.4)."""
+               chains: dict[int, list[Frozen]], epoch: int | None = None
+               ) -> dict[int, dict[ss.Path, float]]:
+  """Rates every candidate at every input scale and writes the rank files (SPEC III.4).
+
+  `epoch` (default: the block's last) is recorded in the rank files; each rating replaces the
+  previous one there and keeps a copy under ratings/history/.
+  """
   from bossnas_jax import rating, ratings  # Rating pulls in the search's cost tables.
 
   trainers = trainers_for(run, block, chains)
-  epochs = int(run.config.train.epochs_per_block)
+  epochs = int(run.config.train.epochs_per_block) if epoch is None else int(epoch)
   rating_set = pipeline.rating_set(
       run.config.data, resolution=run.dims.resolution, seed=int(run.config.seed),
       rating_index=block, global_batch_size=calibration_batch(run.config), mesh=run.mesh)
@@ -324,8 +369,13 @@ def rate_block(run: Run, block: int, state: step_lib.BlockState,
                          desc=f"rating block {block} from {ss.SCALE_NAMES[s]}x"
                               f"{ss.SCALE_NAMES[s]} ({len(cands)} candidates)")
     if jax.process_index() == 0:
-      ratings.write_rank_file(run.workdir, block, s, prefix, scores, rating_index=block,
-                              epoch=epochs, num_images=rating_set.num_images, dims=run.dims)
+      path = ratings.write_rank_file(run.workdir, block, s, prefix, scores, rating_index=block,
+                                     epoch=epochs, num_images=rating_set.num_images,
+                                     dims=run.dims)
+      history = os.path.join(ratings.ratings_dir(run.workdir), "history")
+      os.makedirs(history, exist_ok=True)
+      name = os.path.basename(path).replace(".json", f"_epoch{epochs}.json")
+      shutil.copyfile(path, os.path.join(history, name))
     rating.clear_progress(run.workdir, block, s)
     out[s] = scores
   return out
