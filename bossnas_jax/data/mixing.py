@@ -28,6 +28,7 @@ Semantics follow timm (RandomErasing, Mixup in 'batch' mode, mixup_target):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,45 +50,47 @@ def smooth_labels(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -
   return one_hot * (on - off) + off
 
 
-def _erase_boxes(key, height: int, width: int, *, min_area, max_area, log_aspect, count):
-  """(active, top, left, h, w), each (count,), of the boxes of one image."""
-  k_number, k_area, k_aspect, k_top, k_left = jax.random.split(key, 5)
-  number = jax.random.randint(k_number, (), 1, count + 1)
-  area = jax.random.uniform(k_area, (count, ERASE_TRIES), minval=min_area, maxval=max_area)
-  target = area * (height * width) / number
-  aspect = jnp.exp(jax.random.uniform(k_aspect, (count, ERASE_TRIES), minval=log_aspect[0],
-                                      maxval=log_aspect[1]))
-  # jnp.round rounds half to even, like Python's round().
-  h = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
-  w = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
-  accepted = (h < height) & (w < width)
-  first = jnp.argmax(accepted, axis=1)  # The first accepted try (0 when none is).
-  h = jnp.take_along_axis(h, first[:, None], axis=1)[:, 0]
-  w = jnp.take_along_axis(w, first[:, None], axis=1)[:, 0]
-  found = jnp.any(accepted, axis=1)
-  h, w = jnp.where(found, h, 0), jnp.where(found, w, 0)
-  top = jax.random.randint(k_top, (count,), 0, height - h + 1)
-  left = jax.random.randint(k_left, (count,), 0, width - w + 1)
-  active = found & (jnp.arange(count) < number)
-  return active, top, left, h, w
+def _uniform_index(u: jax.Array, n: jax.Array) -> jax.Array:
+  """An integer uniform in [0, n) from u ~ U[0, 1) (clipped: float32 u n can round up to n)."""
+  return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
 
 
 def erase_boxes(key: jax.Array, shape, *, prob: float = 0.25, min_area: float = 0.02,
                 max_area: float = 1 / 3, min_aspect: float = 0.3, max_aspect: float | None = None,
                 count: int = 1):
   """The boxes `random_erasing` draws for a batch of `shape` (B, H, W, C) from `key`:
-  (active (B, count) bool, top, left, h, w (B, count) int32). Inactive boxes erase nothing."""
+  (active (B, count) bool, top, left, h, w (B, count) int32). Inactive boxes erase nothing.
+
+  All random numbers come from one uniform array (B, 2 + count (2 tries + 2)): the erase decision,
+  the number of boxes, and per box the tries' areas and aspect ratios and the box position. One
+  draw compiles several times faster than separate randint/uniform calls per example.
+  """
   _check_erasing(prob, "pixel", min_area, max_area, min_aspect, max_aspect, count)
+  count = int(count)
   batch, height, width = int(shape[0]), int(shape[1]), int(shape[2])
   max_aspect = max_aspect if max_aspect is not None else 1.0 / min_aspect
-  log_aspect = (math.log(min_aspect), math.log(max_aspect))
-  k_apply, k_boxes = jax.random.split(key)
-  apply = jax.random.uniform(k_apply, (batch,)) < prob
-  boxes = jax.vmap(lambda k: _erase_boxes(
-      k, height, width, min_area=min_area, max_area=max_area, log_aspect=log_aspect,
-      count=count))(jax.random.split(k_boxes, batch))
-  active, top, left, h, w = boxes
-  return (active & apply[:, None], top, left, h, w)
+  log_lo, log_hi = math.log(min_aspect), math.log(max_aspect)
+  tries = ERASE_TRIES
+  u = jax.random.uniform(key, (batch, 2 + count * (2 * tries + 2)))
+  apply = u[:, 0] < prob
+  number = 1 + _uniform_index(u[:, 1], count)  # Boxes per image, uniform in 1..count.
+  u = u[:, 2:].reshape(batch, count, 2 * tries + 2)
+  area = (min_area + (max_area - min_area) * u[..., :tries]) * (height * width)
+  area = area / number[:, None, None]
+  aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[..., tries:2 * tries])
+  # jnp.round rounds half to even, like Python's round().
+  h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  accepted = (h < height) & (w < width)
+  first = jnp.argmax(accepted, axis=-1)[..., None]  # The first accepted try (0 when none is).
+  h = jnp.take_along_axis(h, first, axis=-1)[..., 0]
+  w = jnp.take_along_axis(w, first, axis=-1)[..., 0]
+  found = jnp.any(accepted, axis=-1)
+  h, w = jnp.where(found, h, 0), jnp.where(found, w, 0)
+  top = _uniform_index(u[..., 2 * tries], height - h + 1)
+  left = _uniform_index(u[..., 2 * tries + 1], width - w + 1)
+  active = apply[:, None] & found & (jnp.arange(count)[None, :] < number[:, None])
+  return active, top, left, h, w
 
 
 def _check_erasing(prob, mode, min_area, max_area, min_aspect, max_aspect, count):
@@ -154,13 +157,21 @@ def _check_mixing(num_classes, mixup_alpha, cutmix_alpha, switch_prob, prob, lab
     raise ValueError(f"Label smoothing must be in [0, 1), got {label_smoothing}.")
 
 
-def mix_params(key: jax.Array, shape, *, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
-               switch_prob: float = 0.5, prob: float = 1.0, correct_lam: bool = True):
-  """The batch's draw: (lam, use_cutmix, (yl, yh, xl, xh)) as `mixup_cutmix` uses them.
+class MixParams(NamedTuple):
+  """One batch's mixing draw (scalars): `lam` weighs the original images and targets (1 when the
+  batch is not mixed; for cutmix with correct_lam, 1 - box area / image area); `drawn` is the
+  Beta draw before that correction (1 when not mixed); the cutmix box rows [yl, yh) and columns
+  [xl, xh) are empty unless use_cutmix."""
 
-  lam is the final mixing weight of the original images (1 when the batch is not mixed; the
-  area-corrected value for cutmix when correct_lam); the box is empty unless use_cutmix.
-  """
+  lam: jax.Array
+  use_cutmix: jax.Array
+  box: tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+  drawn: jax.Array
+
+
+def mix_params(key: jax.Array, shape, *, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
+               switch_prob: float = 0.5, prob: float = 1.0, correct_lam: bool = True) -> MixParams:
+  """The draw `mixup_cutmix` makes from `key` for a batch of `shape` (B, H, W, C)."""
   height, width = int(shape[1]), int(shape[2])
   k_apply, k_switch, k_mixup, k_cutmix, k_y, k_x = jax.random.split(key, 6)
   apply = jax.random.uniform(k_apply) < prob
@@ -172,6 +183,7 @@ def mix_params(key: jax.Array, shape, *, mixup_alpha: float = 0.8, cutmix_alpha:
   lam_mixup = jax.random.beta(k_mixup, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else one
   lam_cutmix = jax.random.beta(k_cutmix, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else one
   lam = jnp.where(apply, jnp.where(use_cutmix, lam_cutmix, lam_mixup), one).astype(jnp.float32)
+  drawn = lam
   use_cutmix = apply & use_cutmix
   ratio = jnp.sqrt(jnp.maximum(1.0 - lam, 0.0))
   cut_h = jnp.where(use_cutmix, jnp.floor(height * ratio), 0).astype(jnp.int32)
@@ -183,7 +195,7 @@ def mix_params(key: jax.Array, shape, *, mixup_alpha: float = 0.8, cutmix_alpha:
   if correct_lam:
     box_lam = 1.0 - ((yh - yl) * (xh - xl)).astype(jnp.float32) / float(height * width)
     lam = jnp.where(use_cutmix, box_lam, lam)
-  return lam, use_cutmix, (yl, yh, xl, xh)
+  return MixParams(lam, use_cutmix, (yl, yh, xl, xh), drawn)
 
 
 def mixup_cutmix(key: jax.Array, images: jax.Array, labels: jax.Array, *, num_classes: int,
@@ -195,7 +207,7 @@ def mixup_cutmix(key: jax.Array, images: jax.Array, labels: jax.Array, *, num_cl
   targets = smooth_labels(labels, num_classes, label_smoothing)
   if mixup_alpha == 0 and cutmix_alpha == 0:
     return images, targets
-  lam, use_cutmix, (yl, yh, xl, xh) = mix_params(
+  lam, use_cutmix, (yl, yh, xl, xh), _ = mix_params(
       key, images.shape, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
       switch_prob=switch_prob, prob=prob, correct_lam=correct_lam)
   flipped = images[::-1]
