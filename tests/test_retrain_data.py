@@ -498,9 +498,9 @@ def test_mixing_probabilities_and_lambda_distribution():
   np.testing.assert_allclose(targets[~mixed], np.broadcast_to(_smoothed(labels),
                                                              targets[~mixed].shape), rtol=1e-6)
   mixup = drawn[mixed & ~use_cutmix]  # Beta(0.8, 0.8): mean 1/2, variance 1 / (4 (2 a + 1)).
-  assert abs(mixup.mean() - 0.5) < 0.025 and abs(mixup.var() - 1 / 10.4) < 0.012
+  assert abs(mixup.mean() - 0.5) < 0.035 and abs(mixup.var() - 1 / 10.4) < 0.012
   cut = drawn[use_cutmix]  # Beta(1, 1) = U(0, 1): variance 1/12.
-  assert abs(cut.mean() - 0.5) < 0.025 and abs(cut.var() - 1 / 12) < 0.012
+  assert abs(cut.mean() - 0.5) < 0.035 and abs(cut.var() - 1 / 12) < 0.012
 
 
 def test_random_erasing_boxes_follow_their_definition():
