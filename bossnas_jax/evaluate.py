@@ -1,14 +1,25 @@
-"""Top-1/top-5 of a BossNet checkpoint on a TFDS split, with the official eval preprocessing.
+"""Top-1/top-5 and calibration (ECE) of a BossNet checkpoint on a TFDS split (official eval).
 
 Official eval (retrain/main.py, DeiT): resize the shorter side to floor(r * 256 / 224) with bicubic
 interpolation, centre-crop r x r, ImageNet mean/std. Grey images become 3 equal channels.
+
+Calibration: the expected calibration error (Guo et al., 2017) over 15 equal-width bins of the
+max-softmax confidence, as NAS calibration benchmarks report it: bin i holds the predictions with
+confidence in (i/15, (i+1)/15] and ECE = sum_i (n_i / N) |accuracy_i - mean confidence_i|, in %.
+The per-bin sums (`calibration_sums`) are plain sums, so batches, devices and hosts add up exactly.
+
+A checkpoint is a converted one (`bossnas_jax.convert`, e.g. an official PyTorch model), the
+`bossnet_raw` / `bossnet_ema` export of a retraining workdir, or a retraining workdir itself (its
+newest verified step; `ema=True` for the EMA weights).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 from PIL import Image
@@ -30,12 +41,77 @@ def eval_image(image, resolution: int) -> np.ndarray:
   return np.asarray(img.crop((left, top, left + resolution, top + resolution)), np.uint8)
 
 
+NUM_BINS = 15
+
+
+def bin_index(confidence, num_bins: int = NUM_BINS):
+  """Bin of each confidence in (i/n, (i+1)/n] (confidence 0 goes to bin 0)."""
+  return jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+
+
+def calibration_sums(logits, labels, valid=None, num_bins: int = NUM_BINS) -> dict[str, jax.Array]:
+  """Per-bin sums of a batch: {'count', 'confidence', 'correct'} (each (num_bins,), float32),
+  over the max-softmax confidence of the rows where `valid` (default: labels >= 0)."""
+  logits = jnp.asarray(logits, jnp.float32)
+  labels = jnp.asarray(labels)
+  valid = labels >= 0 if valid is None else jnp.asarray(valid, bool) & (labels >= 0)
+  probs = jax.nn.softmax(logits, axis=-1)
+  conf = jnp.max(probs, axis=-1)
+  correct = (jnp.argmax(logits, axis=-1) == labels) & valid
+  onehot = jax.nn.one_hot(bin_index(conf, num_bins), num_bins) * valid[:, None]
+  return {"count": onehot.sum(0), "confidence": (onehot * conf[:, None]).sum(0),
+          "correct": (onehot * correct[:, None]).sum(0)}
+
+
+def expected_calibration_error(sums) -> float:
+  """ECE (%) from summed `calibration_sums`."""
+  count = np.asarray(sums["count"], np.float64)
+  n = count.sum()
+  if n == 0:
+    return float("nan")
+  safe = np.maximum(count, 1)
+  gap = np.abs(np.asarray(sums["correct"], np.float64) / safe
+               - np.asarray(sums["confidence"], np.float64) / safe)
+  return float(100.0 * np.sum(count / n * gap))
+
+
+class CalibrationAccumulator:
+  """Sums `calibration_sums` over batches (in float64 on the host); `ece()` gives the ECE in %."""
+
+  def __init__(self, num_bins: int = NUM_BINS):
+    self.num_bins = num_bins
+    self.sums = {k: np.zeros(num_bins, np.float64) for k in ("count", "confidence", "correct")}
+
+  def update(self, logits, labels, valid=None) -> None:
+    for k, v in calibration_sums(logits, labels, valid, self.num_bins).items():
+      self.sums[k] += np.asarray(jax.device_get(v), np.float64)
+
+  def ece(self) -> float:
+    return expected_calibration_error(self.sums)
+
+
+def load_model(checkpoint: str, *, ema: bool = False):
+  """(BossNet, variables) of a converted/exported checkpoint or of a retraining workdir."""
+  from bossnas_jax.retrain import checkpoints as retrain_ckpt  # The retraining code is optional.
+
+  if retrain_ckpt.is_retrain_dir(checkpoint):
+    return retrain_ckpt.load_bossnet(checkpoint, ema=ema)
+  if ema:
+    raise ValueError(f"--ema: {checkpoint} is a single-model checkpoint, not a retraining "
+                     "workdir; evaluate its bossnet_ema export or the workdir instead.")
+  if not os.path.isdir(checkpoint):
+    raise FileNotFoundError(f"--checkpoint={checkpoint} does not exist.")
+  return convert.load_bossnet(checkpoint)
+
+
 def evaluate(checkpoint: str, *, name: str, split: str, data_dir: str | None, resolution: int,
-             batch_size: int = 64, limit: int | None = None) -> dict[str, float]:
-  """Top-1/top-5 (%) of the BossNet in `checkpoint` (a converted or exported Orbax checkpoint)."""
+             batch_size: int = 64, limit: int | None = None, ema: bool = False,
+             num_bins: int = NUM_BINS) -> dict[str, float]:
+  """Top-1/top-5 and ECE (%) of the BossNet in `checkpoint` (a converted or exported Orbax
+  checkpoint, or a retraining workdir; `ema` picks its EMA weights)."""
   if resolution % 32:
     raise ValueError(f"--resolution={resolution}: BossNet needs a multiple of 32 (224, 256, 288).")
-  model, variables = convert.load_bossnet(checkpoint)
+  model, variables = load_model(checkpoint, ema=ema)
   source = sources.open_source(name, split, data_dir)
   classes = model.config.num_classes
   if source.num_classes > classes:
@@ -43,11 +119,14 @@ def evaluate(checkpoint: str, *, name: str, split: str, data_dir: str | None, re
                      f"has {classes}: evaluate a network trained for this data set.")
   n = len(source) if limit is None else min(limit, len(source))
   acc = bossnet.TopKAccumulator((1, 5))
+  calib = CalibrationAccumulator(num_bins)
   for start in tqdm.trange(0, n, batch_size, desc=f"evaluating on {name}:{split}", unit="batch"):
     idx = range(start, min(start + batch_size, n))
     items = [source[i] for i in idx]
     images = np.stack([eval_image(img, resolution) for img, _ in items])
     labels = np.asarray([label for _, label in items], np.int32)
     logits = bossnet.eval_logits(model, variables, bossnet.normalize_images(images))
-    acc.update(jax.device_get(logits), labels)
-  return acc.result()
+    logits = jax.device_get(logits)
+    acc.update(logits, labels)
+    calib.update(logits, labels)
+  return acc.result() | {"ece": calib.ece()}

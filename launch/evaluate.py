@@ -1,8 +1,12 @@
-r"""Top-1/top-5 of a BossNet checkpoint (native or converted from PyTorch) on a TFDS split.
+r"""Top-1/top-5 and ECE of a BossNet checkpoint (native or converted from PyTorch) on a TFDS split.
 
   python launch/evaluate.py --checkpoint ckpt/t0 --data_dir /data/tfds --name imagenet2012 \
       --split validation --resolution 224
-Without --data_dir it reads the embedded default data (Fashion-MNIST, split 'test').
+  python launch/evaluate.py --checkpoint runs/demo_retrain --ema --resolution 32
+--checkpoint is a converted checkpoint (python -m bossnas_jax.convert import ...), the bossnet_raw
+or bossnet_ema export of a retraining workdir, or the workdir itself (newest step; --ema for the
+EMA weights). Without --data_dir it reads the embedded default data (Fashion-MNIST, split 'test').
+ECE: expected calibration error over 15 equal-width confidence bins.
 """
 
 import os
@@ -22,6 +26,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder or gs:// holding the p
 _RES = flags.DEFINE_integer("resolution", 224, "Evaluation resolution (a multiple of 32).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per batch.")
 _LIMIT = flags.DEFINE_integer("limit", None, "Evaluate only the first N images.")
+_EMA = flags.DEFINE_bool("ema", False, "From a retraining workdir: the EMA weights.")
 flags.mark_flags_as_required(["checkpoint"])
 
 
@@ -31,9 +36,10 @@ def main(argv):
   name = _NAME.value or (embedded.NAME if _DATA_DIR.value is None else "imagenet2012")
   split = _SPLIT.value or ("test" if name == embedded.NAME else "validation")
   result = evaluate.evaluate(_CKPT.value, name=name, split=split, data_dir=_DATA_DIR.value,
-                             resolution=_RES.value, batch_size=_BATCH.value, limit=_LIMIT.value)
+                             resolution=_RES.value, batch_size=_BATCH.value, limit=_LIMIT.value,
+                             ema=_EMA.value)
   print(f"{name}:{split} at {_RES.value}: top-1 {result['top1']:.2f}%  top-5 "
-        f"{result['top5']:.2f}%  ({result['count']} images)")
+        f"{result['top5']:.2f}%  ECE {result['ece']:.2f}%  ({result['count']} images)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,106 @@
+"""Checkpoints of a retraining workdir: verified Orbax steps of the TrainState (checkpoint_io).
+
+Layout of a retraining workdir:
+  config.json              the run's config (a restart with an incompatible one is refused)
+  checkpoints/{step}       TrainState + meta (network, epoch, data iterator state, eval history)
+  metrics.jsonl, tb/       training and evaluation metrics, TensorBoard events
+  results.json             final top-1/top-5/NLL/ECE of the raw and the EMA model, best of both
+  bossnet_raw/, bossnet_ema/   the final weights as single-model checkpoints (bossnas_jax.convert
+                           format): `launch/evaluate.py --checkpoint`, `convert export` to .npz
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from bossnas_jax import checkpoint_io
+from bossnas_jax.models import bossnet
+from bossnas_jax.models import bossnet_spec as bs
+from bossnas_jax.retrain import optim
+from bossnas_jax.retrain import state as state_lib
+
+CHECKPOINTS = "checkpoints"
+KIND = "bossnet_retrain"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, CHECKPOINTS)
+
+
+def is_retrain_dir(path: str) -> bool:
+  return (os.path.isdir(checkpoint_dir(path))
+          and os.path.isfile(os.path.join(path, "config.json")))
+
+
+def abstract_state(model: bossnet.BossNet, tx, resolution: int):
+  """Host zeros shaped like a fresh TrainState (restores go to host memory, are verified there,
+  then placed; see train/loop.py for why)."""
+  shapes = jax.eval_shape(
+      lambda: state_lib.init_state(model, tx, jax.random.key(0, impl="rbg"), resolution))
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def save(workdir: str, state: state_lib.TrainState, meta: dict, keep: int) -> None:
+  step = int(jax.device_get(state.step))
+  checkpoint_io.save(checkpoint_dir(workdir), step, state, {"kind": KIND, **meta},
+                     max_to_keep=keep)
+
+
+def set_aside_newer(directory: str, step: int) -> None:
+  """Moves steps newer than the restored one (they failed to verify) next to the folder, so the
+  resumed run can write those step numbers again; nothing is deleted."""
+  for s in checkpoint_io.all_steps(directory):
+    if s > step:
+      dest = os.path.join(directory + ".corrupt", f"{s}-{int(time.time())}")
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      os.replace(os.path.join(directory, str(s)), dest)
+      print(f"checkpoint step {s} of {directory} failed verification; moved to {dest}",
+            flush=True)
+
+
+def restore(workdir: str, model: bossnet.BossNet, tx, resolution: int):
+  """(host TrainState, meta, step) of the newest step that verifies (older ones as fallback)."""
+  host = abstract_state(model, tx, resolution)
+  state, meta, step = checkpoint_io.restore(checkpoint_dir(workdir), abstract=host)
+  if meta.get("kind") != KIND:
+    raise checkpoint_io.CheckpointError(
+        f"{checkpoint_dir(workdir)} step {step} is not a retraining checkpoint "
+        f"(kind {meta.get('kind')!r}); use a fresh --workdir.")
+  return state, meta, step
+
+
+def _newest_meta(directory: str, steps: list[int]) -> dict:
+  import orbax.checkpoint as ocp
+
+  errors = []
+  with ocp.CheckpointManager(os.path.abspath(directory)) as mngr:
+    for step in sorted(steps, reverse=True):
+      try:
+        return dict(mngr.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"])
+      except Exception as e:  # noqa: BLE001  (Orbax raises bare Exception / ValueError)
+        errors.append(f"step {step}: {e}")
+  raise checkpoint_io.CheckpointError(f"no readable step in {directory}: {errors}")
+
+
+def load_bossnet(workdir: str, *, ema: bool = False):
+  """(BossNet, variables) of the newest verified step of a retraining workdir (float32)."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  steps = checkpoint_io.all_steps(checkpoint_dir(workdir))
+  if not steps:
+    raise checkpoint_io.CheckpointError(f"{checkpoint_dir(workdir)} holds no checkpoint yet.")
+  # The network comes from a step's meta (it does not need the data set to be readable); the
+  # optimizer only shapes the abstract tree.
+  meta = _newest_meta(checkpoint_dir(workdir), steps)
+  net = bs.BossNetConfig.from_dict(meta["network"])
+  model = bossnet.BossNet(net)
+  tx, _ = optim.from_config(config.train, steps_per_epoch=1)
+  state, _, _ = restore(workdir, model, tx, int(config.model.resolution))
+  return model, state.variables(ema)

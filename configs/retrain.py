@@ -1,0 +1,114 @@
+r"""Supervised retraining of a BossNet (SPEC I.8.4, the DeiT recipe): the whole experiment here.
+
+Full size (8 accelerators x 128 images, 300 epochs on ImageNet, as the official README):
+  python launch/retrain.py --config configs/retrain.py --workdir gs://BUCKET/bossnet_t0 \
+      --arch bossnet_t0 --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+  Expected (published, 300 epochs): BossNet-T0 80.8% top-1 / 95.2% top-5 at 224 (T0-nose 80.5,
+  T1 81.9); the searched network of a search workdir: --arch SEARCH_DIR/architecture.json, or
+  --config SEARCH_DIR/retrain_config.py (written by the search; same recipe plus its network).
+
+Demo (the embedded Fashion-MNIST, 28x28 grey, 10 classes; 2 CPU cores, a few minutes):
+  python launch/retrain.py --config configs/retrain.py:demo --workdir runs/demo_retrain \
+      --arch runs/demo/architecture.json
+  Expected: validation top-1 far above chance (10%); see README for the figures measured here.
+
+`model.arch` is a named model (bossnet_t0, bossnet_t0_nose, bossnet_t1), an architecture string
+('5433-3230-0010-0000') or the path of an architecture.json; `--arch` on the command line sets it.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # One run key: initialisation, mixing, erasing, drop-path and data order fold from it.
+
+  # ---- Network (SPEC I.8.1-I.8.2) ----
+  c.model = m = ml_collections.ConfigDict()
+  m.arch = "bossnet_t0"
+  # 'official' (a stage without blocks is a stride-2 conv) or 'stage' (its own stride). None takes
+  # the default of what `arch` is: 'official' for the named models, 'stage' for searched ones.
+  m.empty_stage_stride = ml_collections.FieldReference(None, field_type=str)
+  m.resolution = 224          # Training and evaluation side (a multiple of 32).
+  m.width_multiplier = 1.0    # Channels times this (1/16 in the demo, as its search).
+  m.dim_head = 64             # Attention head width.
+  m.drop_path_rate = 0.1      # Stochastic depth on ResConv blocks, rate * idx / 15 (main.py 0.1).
+  m.compute_dtype = "auto"    # D10: 'auto' = float32 on CPU, bfloat16 on GPU/TPU; params fp32.
+
+  # ---- Data (read by bossnas_jax.data.classification) ----
+  c.data = d = ml_collections.ConfigDict()
+  d.name = "imagenet2012"
+  d.data_dir = ml_collections.FieldReference(None, field_type=str)
+  d.train_split = "train"
+  d.eval_split = "validation"
+  d.worker_count = 8           # Host decoding processes per host.
+  d.crop_scale = (0.08, 1.0)   # RandomResizedCrop (bicubic), torchvision defaults.
+  d.crop_ratio = (3 / 4, 4 / 3)
+  d.randaugment = "rand-m9-mstd0.5-inc1"
+  d.color_jitter = 0.4
+  d.repeats = 3                # Repeated-augmentation sampler (DeiT's RASampler).
+
+  # ---- Batch augmentation and regularisation (read by bossnas_jax.data.mixing, per device) ----
+  c.augment = a = ml_collections.ConfigDict()
+  a.erase_prob = 0.25
+  a.erase_mode = "pixel"
+  a.erase_count = 1
+  a.mixup = 0.8                # Beta(0.8, 0.8) mixup ...
+  a.cutmix = 1.0               # ... or Beta(1, 1) cutmix,
+  a.switch_prob = 0.5          # chosen with probability 0.5 per batch,
+  a.mix_prob = 1.0             # for every batch.
+  a.label_smoothing = 0.1
+
+  # ---- Optimisation (SPEC I.8.4; bossnas_jax/retrain/optim.py) ----
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 1024          # Global: 8 devices x 128 as the official command.
+  t.epochs = 300
+  t.base_lr = 5e-4             # Peak lr = base_lr * batch_size / 512 (1e-3 at 1024).
+  t.warmup_epochs = 5.0
+  t.warmup_lr = 1e-6
+  t.min_lr = 1e-5
+  t.weight_decay = 0.05        # Not on biases and norm parameters.
+  t.b1 = 0.9
+  t.b2 = 0.999
+  t.eps = 1e-8
+  t.clip_grad = ml_collections.FieldReference(None, field_type=float)  # DeiT: none.
+  t.ema_decay = 0.99996        # Model EMA (params and BN statistics), after every step.
+  t.checkpoint_every_steps = 1000  # Also one at the end of every epoch.
+  t.keep_checkpoints = 3
+  t.log_every_steps = 50
+
+  # ---- Evaluation (raw and EMA model after every epoch; official preprocessing) ----
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 1536          # 1.5x the train batch, as DeiT.
+  e.every_epochs = 1
+  e.calibration_bins = 15      # Expected calibration error over 15 equal-width bins.
+
+  if arg == "demo":
+    _shrink_to_demo(c)
+  elif arg:
+    raise ValueError(f"configs/retrain.py: unknown argument {arg!r}; use ':demo' or nothing.")
+  return c
+
+
+def _shrink_to_demo(c: ml_collections.ConfigDict) -> None:
+  """Same recipe on the embedded data, 2 CPU cores, a few minutes (the demo search's width)."""
+  c.model.arch = "bossnet_t0"
+  c.model.resolution = 32
+  c.model.width_multiplier = 1 / 16
+  c.model.dim_head = 8
+  c.model.drop_path_rate = 0.05  # A 0.14M-parameter network needs less stochastic depth.
+  c.data.name = "embedded_fashion_mnist"
+  c.data.train_split = "train[:8192]"
+  c.data.eval_split = "test[:1000]"
+  c.data.worker_count = 0
+  c.data.repeats = 1
+  c.train.batch_size = 64
+  c.train.epochs = 10
+  c.train.base_lr = 8e-3        # Peak 1e-3 at batch 64 (5e-4 would give 6e-5: too slow here).
+  c.train.warmup_epochs = 1.0
+  # The official EMA averages over ~1 / (1 - 0.99996) = 25k steps, 1/15 of its 375k steps; 0.98
+  # (~50 steps) keeps the demo's EMA a similarly small part of its 1,280 steps.
+  c.train.ema_decay = 0.98
+  c.train.checkpoint_every_steps = 100
+  c.train.log_every_steps = 10
+  c.eval.batch_size = 200

@@ -1,0 +1,44 @@
+r"""Supervised retraining of a BossNet (SPEC I.8.4), evaluated every epoch; resumable.
+
+  python launch/retrain.py --config configs/retrain.py:demo --workdir runs/demo_retrain \
+      --arch runs/demo/architecture.json
+  python launch/retrain.py --config runs/demo/retrain_config.py:demo --workdir runs/demo_retrain
+  python launch/retrain.py --config configs/retrain.py --workdir gs://BUCKET/t0 --arch bossnet_t0 \
+      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+Rerun the same command to resume. --arch: bossnet_t0, bossnet_t0_nose, bossnet_t1, an architecture
+string ('5433-3230-0010-0000') or an architecture.json; it overrides config.model.arch.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from bossnas_jax import parallel, utils  # noqa: E402
+from bossnas_jax.retrain import loop  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a get_config file).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics, results and exports.")
+_ARCH = flags.DEFINE_string("arch", None, "Network: a named model, an architecture string or an "
+                            "architecture.json (overrides config.model.arch).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  parallel.maybe_initialize_distributed()
+  config = _CONFIG.value
+  if _ARCH.value:
+    config.model.arch = _ARCH.value
+  utils.enable_compilation_cache(os.path.join(_WORKDIR.value, "jax_cache"))
+  loop.train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
