@@ -6,10 +6,12 @@ devices of all hosts. Parameters are replicated; batches are split along their f
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -31,6 +33,29 @@ def maybe_initialize_distributed() -> None:
         process_id=int(os.environ["JAX_PROCESS_ID"]))
   elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
     jax.distributed.initialize()
+  else:
+    return
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    warm_up_cpu_collectives()
+
+
+def warm_up_cpu_collectives() -> None:
+  """Opens, while all processes are still in step, the gloo connections that later collectives
+  use: the whole 'data' mesh (every training program) and the per-process pairs of
+  `multihost_utils` (Orbax's barriers, `assert_same_on_all_hosts`).
+
+  XLA:CPU connects a group of devices at the first collective that group runs, and gives up if
+  the other processes do not arrive within gloo's fixed 30 s ("Gloo context initialization
+  failed ... GetKeyValue() timed out"). Processes that compile for minutes drift further apart
+  than that; once connected, a collective waits as long as --xla_cpu_collective_timeout_seconds.
+  """
+  mesh = data_mesh()
+  total = jax.jit(jax.shard_map(lambda x: jax.lax.psum(x, AXIS), mesh=mesh, in_specs=P(AXIS),
+                                out_specs=P()))
+  ones = host_batch_to_global(np.ones((jax.local_device_count(),), np.int32), mesh)
+  if int(np.asarray(total(ones))[0]) != jax.device_count():
+    raise RuntimeError("the warm-up psum over all devices gave a wrong result.")
+  multihost_utils.sync_global_devices("bossnas_jax: collectives warmed up")
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -49,7 +74,43 @@ def batch_sharded(mesh) -> NamedSharding:
 
 
 def replicate(tree, mesh):
-  return jax.device_put(tree, replicated(mesh))
+  """`tree` (host or single-device values, the same on every host) replicated over the mesh.
+
+  On several hosts `jax.device_put` would compare every leaf across hosts with a collective of its
+  own (a compile and a gloo exchange per leaf; on slow hosts one of them can time out). Here each
+  host places its own copy on its own devices and one digest of the whole tree is compared
+  across hosts, so a host whose values differ (an initialisation that depends on the process)
+  is still an error.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  leaves, treedef = jax.tree.flatten(tree)
+  digest = hashlib.sha256()
+  out = [_replicate_leaf(x, sharding, digest) for x in leaves]
+  assert_same_on_all_hosts(digest, "the values being replicated")
+  return jax.tree.unflatten(treedef, out)
+
+
+def _replicate_leaf(x, sharding, digest):
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _replicate_leaf(jax.random.key_data(x), sharding, digest)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.sharding.is_equivalent_to(sharding, x.ndim):
+      return x
+    raise ValueError(f"cannot replicate an array sharded as {x.sharding} across hosts.")
+  a = np.asarray(jax.device_get(x))
+  digest.update(f"{a.dtype}{a.shape}".encode())
+  digest.update(np.ascontiguousarray(a).tobytes())
+  return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+
+def assert_same_on_all_hosts(digest, what: str) -> None:
+  """Raises unless every host computed the same `digest` (a hashlib object): one collective."""
+  words = np.frombuffer(digest.digest(), np.uint32)
+  multihost_utils.assert_equal(
+      words, fail_message=f"{what} differ between hosts (process {jax.process_index()}).")
 
 
 def check_batch(global_batch: int, what: str = "train.batch_size") -> int:

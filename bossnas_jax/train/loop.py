@@ -452,8 +452,12 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
           "config, or use a new --workdir.")
     return
   os.makedirs(workdir, exist_ok=True)
-  with open(path, "w") as f:
+  # Every host of a multi-host run writes the same file: each through its own temporary name and
+  # an atomic rename, so that no host reads another's half-written config.
+  tmp = f"{path}.{jax.process_index()}.tmp"
+  with open(tmp, "w") as f:
     json.dump(current, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
 
 
 def _diff(a, b, prefix=()):
