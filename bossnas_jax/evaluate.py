@@ -104,6 +104,21 @@ def load_model(checkpoint: str, *, ema: bool = False):
   return convert.load_bossnet(checkpoint)
 
 
+def default_resolution(checkpoint: str) -> int:
+  """The training resolution of a retraining workdir or of its bossnet_raw/bossnet_ema export;
+  224 for any other checkpoint."""
+  for folder in (checkpoint, os.path.dirname(os.path.normpath(checkpoint))):
+    path = os.path.join(folder, "config.json")
+    if os.path.isfile(path):
+      import json
+
+      with open(path) as f:
+        config = json.load(f)
+      if "augment" in config:  # A retraining config (not, say, a search workdir's).
+        return int(config["model"]["resolution"])
+  return 224
+
+
 def evaluate(checkpoint: str, *, name: str, split: str, data_dir: str | None, resolution: int,
              batch_size: int = 64, limit: int | None = None, ema: bool = False,
              num_bins: int = NUM_BINS) -> dict[str, float]:

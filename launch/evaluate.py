@@ -2,7 +2,7 @@ r"""Top-1/top-5 and ECE of a BossNet checkpoint (native or converted from PyTorc
 
   python launch/evaluate.py --checkpoint ckpt/t0 --data_dir /data/tfds --name imagenet2012 \
       --split validation --resolution 224
-  python launch/evaluate.py --checkpoint runs/demo_retrain --ema --resolution 32
+  python launch/evaluate.py --checkpoint runs/demo_retrain --ema
 --checkpoint is a converted checkpoint (python -m bossnas_jax.convert import ...), the bossnet_raw
 or bossnet_ema export of a retraining workdir, or the workdir itself (newest step; --ema for the
 EMA weights). Without --data_dir it reads the embedded default data (Fashion-MNIST, split 'test').
@@ -23,7 +23,8 @@ _CKPT = flags.DEFINE_string("checkpoint", None, "BossNet checkpoint folder (boss
 _NAME = flags.DEFINE_string("name", None, "TFDS data set (default: the embedded Fashion-MNIST).")
 _SPLIT = flags.DEFINE_string("split", None, "Split (default 'validation', embedded: 'test').")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder or gs:// holding the prepared data set.")
-_RES = flags.DEFINE_integer("resolution", 224, "Evaluation resolution (a multiple of 32).")
+_RES = flags.DEFINE_integer("resolution", None, "Evaluation side (a multiple of 32); default: "
+                            "that of the retraining run, else 224.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per batch.")
 _LIMIT = flags.DEFINE_integer("limit", None, "Evaluate only the first N images.")
 _EMA = flags.DEFINE_bool("ema", False, "From a retraining workdir: the EMA weights.")
@@ -35,10 +36,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   name = _NAME.value or (embedded.NAME if _DATA_DIR.value is None else "imagenet2012")
   split = _SPLIT.value or ("test" if name == embedded.NAME else "validation")
+  resolution = _RES.value or evaluate.default_resolution(_CKPT.value)
   result = evaluate.evaluate(_CKPT.value, name=name, split=split, data_dir=_DATA_DIR.value,
-                             resolution=_RES.value, batch_size=_BATCH.value, limit=_LIMIT.value,
+                             resolution=resolution, batch_size=_BATCH.value, limit=_LIMIT.value,
                              ema=_EMA.value)
-  print(f"{name}:{split} at {_RES.value}: top-1 {result['top1']:.2f}%  top-5 "
+  print(f"{name}:{split} at {resolution}: top-1 {result['top1']:.2f}%  top-5 "
         f"{result['top5']:.2f}%  ECE {result['ece']:.2f}%  ({result['count']} images)")
 
 
