@@ -10,7 +10,9 @@ Full size (8 accelerators x 128 images, 300 epochs on ImageNet, as the official 
 Demo (the embedded Fashion-MNIST, 28x28 grey, 10 classes; 2 CPU cores, a few minutes):
   python launch/retrain.py --config configs/retrain.py:demo --workdir runs/demo_retrain \
       --arch runs/demo/architecture.json
-  Expected: validation top-1 far above chance (10%); see README for the figures measured here.
+  Expected (measured on 2 shared CPU cores, ~5 min): with the demo search's network
+  4444-3323-2222-3332, top-1 71.1% raw / 71.0% EMA on test[:1000] after 10 epochs (chance 10%),
+  ECE ~22%.
 
 `model.arch` is a named model (bossnet_t0, bossnet_t0_nose, bossnet_t1), an architecture string
 ('5433-3230-0010-0000') or the path of an architecture.json; `--arch` on the command line sets it.
