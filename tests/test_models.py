@@ -201,3 +201,55 @@ def test_full_size_parameter_counts():
     d = ss.op_scale(op)
     assert summary.op_params(dims, op, dims.channels(d), ss.has_down_branch(0, 1, d)) == n
   assert summary.neck_params(config) == (13_160_704, 3_710_976, 2_109_696)
+
+
+def test_cpu_layer_forms_under_shard_map_equal_the_plain_ones(monkeypatch):
+  """The CPU forms of layers.py (custom-gradient 1x1 convs and max pool, tap-wise depthwise
+  convs, im2col 3x3/s2) inside shard_map over 8 devices with its type checks on, the views
+  vmapped as the training step does: outputs and gradients (replicated kernels: summed over
+  devices) equal those of the plain lax/Flax forms."""
+  import flax.linen as nn
+  from jax import lax
+
+  from bossnas_jax import parallel
+  from bossnas_jax.models import layers
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = layers.conv(8, 7, 2, 3, "stem", None)(x)
+      x = layers.max_pool(x, 3, 2, 1)
+      x = layers.conv1x1(16, "pw", None)(x)
+      x = layers.peg(16, 2, "peg", None)(x)
+      x = layers.conv(24, 3, 2, 1, "down", None)(nn.relu(x))
+      return layers.patchify(24, 2, "patch", None)(x)
+
+  n = 8
+  mesh = jax.make_mesh((n,), (parallel.AXIS,), devices=jax.devices()[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  P = jax.sharding.PartitionSpec
+  x = jax.random.normal(jax.random.key(1), (2 * n, 2, 32, 32, 3))
+  variables = Net().init(KEY, x[:2, 0])
+
+  def per_device(v, x):
+    def loss(v, x):
+      y = jax.vmap(lambda xv: Net().apply(v, xv), in_axes=1, out_axes=1)(x)
+      return jnp.sum(jnp.sin(y)), y
+    (_, y), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(v, x)
+    return y, g
+
+  def run():
+    fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
+                       out_specs=(P(parallel.AXIS), (P(), P(parallel.AXIS))))
+    return jax.jit(fn)(variables, x)
+
+  fast = run()
+  with monkeypatch.context() as m:
+    m.setattr(layers, "cpu_conv", lax.conv_general_dilated)
+    m.setattr(layers, "cpu_dense_dot", lax.dot_general)
+    m.setattr(layers, "max_pool", lambda x, w, s, p: nn.max_pool(x, (w, w), (s, s),
+                                                                   ((p, p), (p, p))))
+    plain = run()
+  assert jax.tree.structure(fast) == jax.tree.structure(plain)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * float(jnp.max(jnp.abs(b))))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from bossnas_jax import search_space as ss
-from bossnas_jax.models.layers import Dtype, batch_norm, conv, conv1x1, patchify
+from bossnas_jax.models.layers import Dtype, batch_norm, conv, conv1x1, max_pool, patchify
 from bossnas_jax.models.ops import ResAtt, ResConv
 
 Variables = dict[str, Any]
@@ -62,7 +62,7 @@ class Stem(nn.Module):
   def __call__(self, x, train: bool):
     x = conv(self.dims.stem_channels, 7, 2, 3, "conv", self.dtype)(x)
     x = nn.relu(batch_norm(train, "bn", dtype=self.dtype)(x))
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, 3, 2, 1)
 
 
 @dataclasses.dataclass(frozen=True)
