@@ -291,13 +291,13 @@ def plot_block_scores(path: str, problem: sr.Problem, chosen: sr.Evaluated) -> s
     i = t.index[arch.paths[b]]
     k = scales.index(s) + 1
     ax.scatter([k], [t.scores[i]], marker="*", s=220, color="tab:red", edgecolors="k",
-               zorder=5, label=f"chosen {ss.format_path(arch.paths[b])}")
+               zorder=5)
     ax.set_xticks(range(1, len(scales) + 1))
     ax.set_xticklabels([f"in {ss.SCALE_NAMES[s]}x{ss.SCALE_NAMES[s]}\n"
                         f"({len(problem.table(b, s).paths)} paths)" for s in scales])
-    ax.set_title(f"block {b}")
+    # The chosen path goes in the title: a legend box would hide whatever scale sits under it.
+    ax.set_title(f"block {b}: chosen {ss.format_path(arch.paths[b])} (\u2605)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
     if b == 0:
       ax.set_ylabel("rating score (lower is better)")
   fig.suptitle("Candidate scores per block and input scale (rank files)")

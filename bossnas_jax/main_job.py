@@ -9,6 +9,7 @@ import os
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from bossnas_jax import parallel, summary, utils
 from bossnas_jax import search_space as ss
@@ -80,7 +81,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"{config.train.batch_size} per epoch, {run_.optimizer_steps} optimizer steps per block",
         flush=True)
   loop.train_all_blocks(run_)
+  # The search reads only the rank files and takes seconds, so one process does it and writes
+  # the exports; the others wait here rather than at JAX's exit barrier, whose timeout is not
+  # ours to choose.
   if jax.process_index() == 0:
     from bossnas_jax import export  # matplotlib is only needed here.
 
     export.search_and_export(workdir, config)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("bossnas_jax: search and export done")

@@ -40,6 +40,7 @@ from bossnas_jax.models.layers import (
     MHSA,
     Dtype,
     batch_norm,
+    max_pool,
     torch_default_bias_init,
     torch_default_init,
 )
@@ -203,7 +204,7 @@ class BossNet(nn.Module):
     x = x.astype(self.dtype)
     x = _conv(cfg.stem_channels, 7, 2, 3, "conv1", self.dtype)(x)
     x = act(batch_norm(train, "bn1", dtype=self.dtype)(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, 3, 2, 1)  # On CPU: window taps (select-and-scatter is slow there).
     for spec in layout(cfg):
       if spec.kind == "conv":
         block = ResConvBlock(spec, cfg.act, self.dtype, name=spec.name)
