@@ -142,7 +142,8 @@ _RETRAIN_TEMPLATE = '''"""Retraining config of the searched BossNet (written by 
 {arch}: stages {enc},
 {madds:.3f}G MAdds and {params:.2f}M params at {res}x{res} (true convention).
 
-  python launch/retrain.py --config {path} --workdir RETRAIN_DIR
+  python launch/retrain.py --config {path} --workdir RETRAIN_DIR       # full recipe
+  python launch/retrain.py --config {path}:demo --workdir RETRAIN_DIR  # demo recipe, embedded data
 """
 
 ARCHITECTURE = "{arch}"
@@ -152,16 +153,16 @@ EMPTY_STAGE_STRIDE = "{stride}"
 
 
 def get_config(arg=None):
-  # The retraining recipe (SPEC I.8.4) lives in configs/retrain.py, which the retraining issue
-  # adds; this file only puts the searched network and its resolution on top of it.
+  # The retraining recipe (SPEC I.8.4) lives in configs/retrain.py ('demo' selects its demo);
+  # this file only puts the searched network and its resolution on top of it.
   try:
     from configs import retrain
   except ModuleNotFoundError as e:
     if e.name not in ("configs", "configs.retrain"):
       raise
     raise ModuleNotFoundError(
-        "retrain_config.py builds on configs/retrain.py, which this checkout does not have (yet); "
-        "run it from the root of a bossnas_jax checkout that has the retraining config.") from e
+        "retrain_config.py builds on configs/retrain.py, which was not found; "
+        "run launch/retrain.py from the root of a bossnas_jax checkout.") from e
   config = retrain.get_config(arg)
   config.model.arch = ARCHITECTURE
   config.model.empty_stage_stride = EMPTY_STAGE_STRIDE
