@@ -95,13 +95,22 @@ def to_batch_stats(moments) -> dict:
 @functools.cache
 def moments_program(apply: Callable, mesh):
   """jit(shard_map) of `apply(params, x) -> (y, moments)`: y stays split over devices, moments
-  come back stacked per device (leading axis = device)."""
+  come back stacked per device (leading axis = device) and replicated, so that every host reads
+  all of them (they are merged on the host in float64)."""
+  n = mesh.shape[parallel.AXIS]
+
+  def gather(m):
+    # Each device writes its row and the rows are summed: an exact gather (x + 0 = x) whose
+    # result shard_map knows to be the same on every device.
+    rows = jnp.zeros((n,) + m.shape, m.dtype).at[jax.lax.axis_index(parallel.AXIS)].set(m)
+    return jax.lax.psum(rows, parallel.AXIS)
+
   def per_device(params, x):
     y, moments = apply(params, x)
-    return y, jax.tree.map(lambda m: m[None], moments)
+    return y, jax.tree.map(gather, moments)
 
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
-                               out_specs=(P(parallel.AXIS), P(parallel.AXIS))))
+                               out_specs=(P(parallel.AXIS), P())))
 
 
 @functools.cache

@@ -71,6 +71,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   parallel.maybe_initialize_distributed()
+  utils.check_workdir(workdir)
   check_config(config)
   run_ = loop.Run.create(config, workdir)  # Opens the data: a missing data set fails here.
   loop.save_config(config, workdir)

@@ -124,6 +124,21 @@ def check_batch(global_batch: int, what: str = "train.batch_size") -> int:
   return global_batch // n
 
 
+def fetch(tree):
+  """NumPy copies of the whole global values of `tree`, on every host.
+
+  On one host this is `jax.device_get`. Across hosts an array split over the mesh has shards this
+  host cannot read, so it is gathered first: a collective, so every host must call this at the
+  same point (replicated arrays are read from a local copy, no communication).
+  """
+  def leaf(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(leaf, tree)
+
+
 def host_batch_to_global(local: np.ndarray, mesh) -> jax.Array:
   """This host's slice of a batch (first axis) -> one global array split over 'data'."""
   return jax.make_array_from_process_local_data(batch_sharded(mesh), local)

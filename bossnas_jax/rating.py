@@ -161,8 +161,8 @@ class Rater:
     total, count = 0.0, 0.0
     for (pair, mask), c in zip(self.rating_batches, centres):
       q = self._forward(calibrated["online"], path, pair, True)
-      per_image = np.asarray(jax.device_get(_loss_program(self.mesh)(q, c)), np.float64)
-      m = np.asarray(jax.device_get(mask), bool)
+      per_image, m = parallel.fetch((_loss_program(self.mesh)(q, c), mask))
+      per_image, m = per_image.astype(np.float64), m.astype(bool)
       total += float(per_image[m].sum())
       count += float(m.sum())
     return total / count
@@ -233,7 +233,7 @@ def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: in
       zs = rater.target_projections(cache[p], p)
       centre = zs if centre is None else [a + z for a, z in zip(centre, zs)]
       centred.append(p)
-      _save_progress(path, progress_key, centred, [np.asarray(jax.device_get(c)) for c in centre],
+      _save_progress(path, progress_key, centred, parallel.fetch(list(centre)),
                      scores)
       bar.update(1)
     centre = [c / len(candidates) for c in centre]

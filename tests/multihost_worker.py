@@ -1,8 +1,10 @@
-"""One process of the 2-process test in test_multihost.py: trains block 0 of `config_for`.
+"""One process of the 2-process tests in test_multihost.py.
 
     python tests/multihost_worker.py DATA_DIR WORKDIR OUT_PREFIX   (JAX_* variables set by the test)
-
-Writes this process's final state (online, target, LARS momentum) to OUT_PREFIX.{process}.npz.
+      trains block 0 of `config_for` and writes this process's final state (online, target, LARS
+      momentum) to OUT_PREFIX.{process}.npz;
+    python tests/multihost_worker.py DATA_DIR WORKDIR --main_job
+      runs the whole main job (4 blocks, ratings, search, export) on `main_job_config`.
 """
 
 import os
@@ -26,6 +28,13 @@ def config_for(data_dir: str):
   return config
 
 
+def main_job_config(data_dir: str):
+  """The tiny experiment, one epoch per block on 32 images: every block, rating and the search."""
+  config = tiny_config(data_dir, epochs_per_block=1, accumulate_steps=2)
+  config.data.train_split = "train[:32]"
+  return config
+
+
 def final_tree(state) -> dict:
   return flat({"online": state.online, "target": state.target,
                "momentum": state.opt.momentum})
@@ -40,6 +49,13 @@ def main(data_dir, workdir, out_prefix):
   utils.enable_compilation_cache(os.environ["BOSSNAS_TEST_CACHE"])
   assert jax.process_count() == 2 and jax.device_count() == 8, (jax.process_count(),
                                                                 jax.device_count())
+  if out_prefix == "--main_job":
+    from bossnas_jax import main_job
+
+    main_job.run(main_job_config(data_dir), workdir)
+    print(f"process {jax.process_index()}: main job done", flush=True)
+    jax.distributed.shutdown()
+    return
   config = config_for(data_dir)
   run = loop.Run.create(config, workdir)
   loop.save_config(config, workdir)

@@ -6,10 +6,12 @@ optimizer step by 2 processes and by this process over 8 simulated devices; the 
 agree (up to the summation order of cross-device sums), the same candidates must be updated, and
 both processes must hold bit-identical replicas.
 
-Takes about 5-8 minutes on 2 cores (most of it compiling, in 3 processes), so it runs on request:
+A second test runs the whole main job on 2 processes. Both take about 10 minutes on 2 cores (most
+of it compiling, in 3 processes), so they run on request:
     BOSSNAS_MULTIHOST=1 pytest tests/test_multihost.py
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -45,12 +47,8 @@ def _xla_cpu_threads() -> int:
   return max(cpus, jax.local_device_count())
 
 
-@pytest.mark.skipif(os.environ.get("BOSSNAS_MULTIHOST") != "1",
-                    reason="takes 5-8 minutes; set BOSSNAS_MULTIHOST=1 to run it")
-def test_two_processes_match_one_process(tmp_path):
-  assert jax.device_count() == 8
-  data_dir = prepare_data(str(tmp_path / "data"))
-  out = str(tmp_path / "multi")
+def _run_workers(*args: str, timeout: int = 900) -> list[str]:
+  """Runs multihost_worker.py with `args` as 2 processes x 4 CPU devices; returns their logs."""
   port = _free_port()
   cache = os.environ.get("BOSSNAS_TEST_CACHE", os.path.join(HERE, os.pardir, ".jax_cache"))
   procs = []
@@ -62,13 +60,12 @@ def test_two_processes_match_one_process(tmp_path):
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(pid), BOSSNAS_TEST_CACHE=os.path.abspath(cache))
     procs.append(subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "multihost_worker.py"), data_dir,
-         str(tmp_path / "multi_run"), out], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True))
+        [sys.executable, os.path.join(HERE, "multihost_worker.py"), *args], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   logs = []
   try:
     for p in procs:
-      logs.append(p.communicate(timeout=900)[0])
+      logs.append(p.communicate(timeout=timeout)[0])
   finally:
     for p in procs:
       if p.poll() is None:
@@ -76,6 +73,19 @@ def test_two_processes_match_one_process(tmp_path):
         p.wait()
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-3000:]
+  return logs
+
+
+_OPT_IN = pytest.mark.skipif(os.environ.get("BOSSNAS_MULTIHOST") != "1",
+                             reason="takes minutes; set BOSSNAS_MULTIHOST=1 to run it")
+
+
+@_OPT_IN
+def test_two_processes_match_one_process(tmp_path):
+  assert jax.device_count() == 8
+  data_dir = prepare_data(str(tmp_path / "data"))
+  out = str(tmp_path / "multi")
+  logs = _run_workers(data_dir, str(tmp_path / "multi_run"), out)
   assert "block 0" in logs[0]
   workers = [dict(np.load(f"{out}.{pid}.npz")) for pid in range(2)]
 
@@ -120,3 +130,27 @@ def test_two_processes_match_one_process(tmp_path):
     # normalised other images together fails there by orders of magnitude more.
     atol = 2.0**-16 * float(np.max(np.abs(single[k])))
     np.testing.assert_allclose(multi[k], single[k], rtol=0, atol=atol, err_msg=k)
+
+
+@_OPT_IN
+def test_main_job_on_two_processes(tmp_path):
+  """The whole main job on 2 processes: ratings gather what other hosts' devices computed (a
+  plain device_get of a split array fails there), process 0 searches and exports while process
+  1 waits, and both leave cleanly."""
+  from multihost_worker import main_job_config
+
+  from bossnas_jax import ratings
+  from bossnas_jax import search_space as ss
+
+  data_dir = prepare_data(str(tmp_path / "data"))
+  workdir = tmp_path / "run"
+  logs = _run_workers(data_dir, str(workdir), "--main_job", timeout=1500)
+  assert "chosen:" in logs[0] and "process 1: main job done" in logs[1]
+  arch = json.loads((workdir / "architecture.json").read_text())
+  parsed = ss.parse_architecture(arch["architecture"])
+  assert main_job_config(data_dir).train.epochs_per_block == 1
+  files = ratings.read_rank_files(str(workdir))
+  for b in range(ss.NUM_BLOCKS):
+    scores = files[(b, parsed.input_scale(b))].scores
+    assert set(scores) == set(ss.candidates(b, parsed.input_scale(b)))
+    assert all(np.isfinite(v) for v in scores.values())

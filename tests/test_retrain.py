@@ -14,7 +14,7 @@ import optax
 import pytest
 from train_utils import assert_trees_equal, prepare_data
 
-from bossnas_jax import checkpoint_io, evaluate, parallel
+from bossnas_jax import checkpoint_io, evaluate, parallel, utils
 from bossnas_jax.data import embedded, mixing
 from bossnas_jax.models import bossnet
 from bossnas_jax.retrain import checkpoints, optim
@@ -233,6 +233,8 @@ def test_bad_inputs_fail_with_clear_errors(data_dir, tmp_path):
   c.model.arch = str(tmp_path / "missing" / "architecture.json")
   with pytest.raises(ValueError, match="does not exist"):
     retrain_loop.Run(c, str(tmp_path))
+  with pytest.raises(utils.WorkdirError, match="is a URL"):
+    retrain_loop.train_and_evaluate(tiny_config(data_dir), "gs://bucket/retrain")
 
 
 def test_the_8_device_step_is_the_mean_of_per_device_gradients_with_per_device_bn(data_dir):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from train_utils import assert_trees_equal, flat, prepare_data, tiny_config
 
-from bossnas_jax import main_job, parallel
+from bossnas_jax import main_job, parallel, utils
 from bossnas_jax import search_space as ss
 from bossnas_jax.data import device_augment, pipeline
 from bossnas_jax.models import supernet
@@ -434,6 +434,9 @@ def test_bad_inputs_are_clear_errors_before_work(data_dir, tmp_path):
   config.train.lr = 1.2
   config.train.log_every_steps = 3  # Does not change what is computed: accepted.
   loop.save_config(config, str(tmp_path))
+  with pytest.raises(utils.WorkdirError, match=r"'gs://bucket/run' is a URL.*gcsfuse"):
+    main_job.run(tiny_config(data_dir), "gs://bucket/run")
+  assert not os.path.exists("gs:")
 
 
 def test_metrics_and_tensorboard_files(uninterrupted):

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bossnas_jax import checkpoint_io, convert, parallel
+from bossnas_jax import checkpoint_io, convert, parallel, utils
 from bossnas_jax.data import classification, mixing
 from bossnas_jax.models import bossnet, cost
 from bossnas_jax.models import bossnet_spec as bs
@@ -203,6 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   there), as if the job were killed: tests use it to check that a resumed run equals an
   uninterrupted one.
   """
+  utils.check_workdir(workdir)
   run = Run(config, workdir)
   block_loop.save_config(config, workdir)
   print(run.describe(), flush=True)
