@@ -4,7 +4,7 @@
       trains block 0 of `config_for` and writes this process's final state (online, target, LARS
       momentum) to OUT_PREFIX.{process}.npz;
     python tests/multihost_worker.py DATA_DIR WORKDIR --main_job
-      runs the whole main job (4 blocks, ratings, search, export) on `main_job_config`.
+      runs the whole main job (4 blocks, ratings, search, export) on the same `config_for`.
 """
 
 import os
@@ -28,13 +28,6 @@ def config_for(data_dir: str):
   return config
 
 
-def main_job_config(data_dir: str):
-  """The tiny experiment, one epoch per block on 32 images: every block, rating and the search."""
-  config = tiny_config(data_dir, epochs_per_block=1, accumulate_steps=2)
-  config.data.train_split = "train[:32]"
-  return config
-
-
 def final_tree(state) -> dict:
   return flat({"online": state.online, "target": state.target,
                "momentum": state.opt.momentum})
@@ -52,7 +45,7 @@ def main(data_dir, workdir, out_prefix):
   if out_prefix == "--main_job":
     from bossnas_jax import main_job
 
-    main_job.run(main_job_config(data_dir), workdir)
+    main_job.run(config_for(data_dir), workdir)
     print(f"process {jax.process_index()}: main job done", flush=True)
     jax.distributed.shutdown()
     return

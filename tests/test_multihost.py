@@ -137,8 +137,6 @@ def test_main_job_on_two_processes(tmp_path):
   """The whole main job on 2 processes: ratings gather what other hosts' devices computed (a
   plain device_get of a split array fails there), process 0 searches and exports while process
   1 waits, and both leave cleanly."""
-  from multihost_worker import main_job_config
-
   from bossnas_jax import ratings
   from bossnas_jax import search_space as ss
 
@@ -148,7 +146,7 @@ def test_main_job_on_two_processes(tmp_path):
   assert "chosen:" in logs[0] and "process 1: main job done" in logs[1]
   arch = json.loads((workdir / "architecture.json").read_text())
   parsed = ss.parse_architecture(arch["architecture"])
-  assert main_job_config(data_dir).train.epochs_per_block == 1
+  assert config_for(data_dir).train.epochs_per_block == 1
   files = ratings.read_rank_files(str(workdir))
   for b in range(ss.NUM_BLOCKS):
     scores = files[(b, parsed.input_scale(b))].scores
