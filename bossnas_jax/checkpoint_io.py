@@ -15,15 +15,17 @@ Uses the working calls of STACK.md: CheckpointManager + Composite(StandardSave, 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from bossnas_jax import files
 
 log = logging.getLogger(__name__)
 
@@ -77,49 +79,45 @@ def _file_digest(path: str) -> str:
   return h.hexdigest()
 
 
-def _step_files(step_dir: str) -> dict[str, str]:
-  out = {}
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      path = os.path.join(root, name)
-      rel = os.path.relpath(path, step_dir)
-      if rel != FILE_MANIFEST:
-        out[rel] = path
-  return out
+def _step_files(step_dir: str) -> dict[str, int]:
+  """{relative path: size} of a step's files, the manifest itself left out."""
+  return {rel: size for rel, size in files.tree_sizes(step_dir).items() if rel != FILE_MANIFEST}
+
+
+def _fingerprint(step_dir: str, rel: str, size: int) -> str | int:
+  """A file's SHA-256 on a disk; in a bucket its size, from the listing (reading every object
+  back would double the checkpoint's traffic, and the store checks its objects' bytes itself;
+  the array checksums still catch wrong values)."""
+  return size if files.is_url(step_dir) else _file_digest(os.path.join(step_dir, rel))
 
 
 def write_file_manifest(step_dir: str) -> None:
-  """Records the SHA-256 of every file of a finished step (local folders only).
+  """Records the SHA-256 (in a bucket: the size) of every file of a finished step.
 
   Checked before Orbax reads a step: a damaged file is then found without handing corrupt bytes
   to TensorStore, whose failure can leave XLA:CPU's in-process collectives waiting for a device.
   """
-  if "://" in step_dir:
-    return
-  manifest = {rel: _file_digest(path) for rel, path in sorted(_step_files(step_dir).items())}
-  tmp = os.path.join(step_dir, FILE_MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(manifest, f)
-  os.replace(tmp, os.path.join(step_dir, FILE_MANIFEST))
+  manifest = {rel: _fingerprint(step_dir, rel, size)
+              for rel, size in sorted(_step_files(step_dir).items())}
+  files.write_json(os.path.join(step_dir, FILE_MANIFEST), manifest)
 
 
 def check_file_manifest(step_dir: str) -> list[str]:
   """Problems with a step's files against its manifest (empty when none, or without one)."""
   path = os.path.join(step_dir, FILE_MANIFEST)
-  if "://" in step_dir or not os.path.exists(path):
+  if not files.exists(path):
     return []
-  with open(path) as f:
-    manifest = json.load(f)
-  files = _step_files(step_dir)
-  bad = [f"{rel} is missing" for rel in manifest if rel not in files]
-  bad += [f"{rel} differs from what was written" for rel in manifest
-          if rel in files and _file_digest(files[rel]) != manifest[rel]]
+  manifest = files.read_json(path)
+  found = _step_files(step_dir)
+  bad = [f"{rel} is missing" for rel in manifest if rel not in found]
+  bad += [f"{rel} differs from what was written" for rel, want in manifest.items()
+          if rel in found and _fingerprint(step_dir, rel, found[rel]) != want]
   return bad
 
 
 def _manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(files.absolute(directory), options=options)
 
 
 def save(directory: str, step: int, state, meta: Mapping[str, Any] | None = None, *,
@@ -138,13 +136,13 @@ def save(directory: str, step: int, state, meta: Mapping[str, Any] | None = None
                                             meta=ocp.args.JsonSave(meta)))
     mngr.wait_until_finished()
     if jax.process_index() == 0:
-      write_file_manifest(os.path.join(os.path.abspath(directory), str(step)))
+      write_file_manifest(os.path.join(files.absolute(directory), str(step)))
   finally:
     mngr.close()
 
 
 def all_steps(directory: str) -> list[int]:
-  if not os.path.isdir(directory):
+  if not files.isdir(directory):
     return []
   mngr = _manager(directory)
   try:
@@ -182,7 +180,7 @@ def restore(directory: str, step: int | None = None, abstract=None, *,
   where wanted) restores onto devices; without it arrays come back as numpy arrays.
   Raises CheckpointError naming every step tried and why it failed.
   """
-  if not os.path.isdir(directory):
+  if not files.isdir(directory):
     raise CheckpointError(f"no checkpoint directory at {directory}.")
   mngr = _manager(directory)
   try:
@@ -211,3 +209,14 @@ def restore(directory: str, step: int | None = None, abstract=None, *,
     raise CheckpointError(f"no valid checkpoint in {directory}:\n  " + "\n  ".join(errors))
   finally:
     mngr.close()
+
+
+def set_aside_newer(directory: str, step: int) -> None:
+  """Moves the steps newer than `step` (the newest that verified) to `<directory>.corrupt/`, so
+  that the resumed run can write those step numbers again; nothing is deleted."""
+  for s in all_steps(directory):
+    if s > step:
+      dest = os.path.join(directory + ".corrupt", f"{s}-{int(time.time())}")
+      files.move_tree(os.path.join(directory, str(s)), dest)
+      print(f"checkpoint step {s} of {directory} failed verification; moved to {dest}",
+            flush=True)

@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from bossnas_jax import convert
+from bossnas_jax import convert, files
 from bossnas_jax.data import host_augment, sources
 from bossnas_jax.models import bossnet
 
@@ -99,7 +99,7 @@ def load_model(checkpoint: str, *, ema: bool = False):
   if ema:
     raise ValueError(f"--ema: {checkpoint} is a single-model checkpoint, not a retraining "
                      "workdir; evaluate its bossnet_ema export or the workdir instead.")
-  if not os.path.isdir(checkpoint):
+  if not files.isdir(checkpoint):
     raise FileNotFoundError(f"--checkpoint={checkpoint} does not exist.")
   return convert.load_bossnet(checkpoint)
 
@@ -107,13 +107,10 @@ def load_model(checkpoint: str, *, ema: bool = False):
 def default_resolution(checkpoint: str) -> int:
   """The training resolution of a retraining workdir or of its bossnet_raw/bossnet_ema export;
   224 for any other checkpoint."""
-  for folder in (checkpoint, os.path.dirname(os.path.normpath(checkpoint))):
+  for folder in (checkpoint, os.path.dirname(checkpoint.rstrip("/"))):
     path = os.path.join(folder, "config.json")
-    if os.path.isfile(path):
-      import json
-
-      with open(path) as f:
-        config = json.load(f)
+    if files.isfile(path):
+      config = files.read_json(path)
       if "augment" in config:  # A retraining config (not, say, a search workdir's).
         return int(config["model"]["resolution"])
   return 224

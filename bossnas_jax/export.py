@@ -16,12 +16,14 @@ and prints the choice, its cost and these paths.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Callable
 
 import numpy as np
 
+from bossnas_jax import files
 from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
 from bossnas_jax.models import bossnet_spec as bs
@@ -99,21 +101,16 @@ def _dumps(x, depth: int = 0) -> str:
 
 
 def write_json(path: str, record: dict) -> str:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(_dumps(record) + "\n")
-  os.replace(tmp, path)
-  return path
+  return files.write_text(path, _dumps(record) + "\n")
 
 
 def load_architecture(path: str) -> tuple[ss.Architecture, dict]:
   """Reads an architecture.json back: the Architecture and the record, checked for agreement."""
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = files.read_json(path)
   except FileNotFoundError:
     raise ExportError(f"{path} does not exist; run launch/search.py --workdir DIR first.") from None
-  except (OSError, json.JSONDecodeError) as e:
+  except (OSError, ValueError) as e:  # JSON or UTF-8 decoding
     raise ExportError(f"{path} is not readable JSON ({e}).") from None
   try:
     arch = ss.parse_architecture(record["architecture"])
@@ -141,9 +138,9 @@ _RETRAIN_TEMPLATE = '''"""Retraining config of the searched BossNet (written by 
 
 {arch}: stages {enc},
 {madds:.3f}G MAdds and {params:.2f}M params at {res}x{res} (true convention).
-
-  python launch/retrain.py --config {path} --workdir RETRAIN_DIR       # full recipe
-  python launch/retrain.py --config {path}:demo --workdir RETRAIN_DIR  # demo recipe, embedded data
+{fetch}
+  python launch/retrain.py --config {local} --workdir RETRAIN_DIR       # full recipe
+  python launch/retrain.py --config {local}:demo --workdir RETRAIN_DIR  # demo recipe, embedded data
 """
 
 ARCHITECTURE = "{arch}"
@@ -173,13 +170,15 @@ def get_config(arg=None):
 
 def write_retrain_config(path: str, arch: ss.Architecture, resolution: int) -> str:
   c = cost.architecture_cost(arch, resolution, "true", **BOSSNET_OPTIONS)
+  local, fetch = path, ""
+  if files.is_url(path):  # --config reads local files only.
+    local = os.path.basename(path)
+    fetch = f"\n  gcloud storage cp {path} .\n"
   text = _RETRAIN_TEMPLATE.format(
       arch=arch, enc=ss.format_stage_encoding(arch.stage_encoding()), madds=c.madds / 1e9,
-      params=c.params / 1e6, res=resolution, path=path, stride=BOSSNET_OPTIONS[
+      params=c.params / 1e6, res=resolution, local=local, fetch=fetch, stride=BOSSNET_OPTIONS[
           "empty_stage_stride"])
-  with open(path, "w") as f:
-    f.write(text)
-  return path
+  return files.write_text(path, text)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,8 +270,7 @@ def plot_pareto(path: str, result: sr.SearchResult, problem: sr.Problem,
       handle.set_array(None)
       handle.set_facecolor(sc.cmap(0.5))
   fig.tight_layout()
-  fig.savefig(path)
-  return path
+  return _save_figure(fig, path)
 
 
 def plot_block_scores(path: str, problem: sr.Problem, chosen: sr.Evaluated) -> str:
@@ -303,8 +301,14 @@ def plot_block_scores(path: str, problem: sr.Problem, chosen: sr.Evaluated) -> s
       ax.set_ylabel("rating score (lower is better)")
   fig.suptitle("Candidate scores per block and input scale (rank files)")
   fig.tight_layout()
-  fig.savefig(path)
-  return path
+  return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str) -> str:
+  """PNG bytes written whole (matplotlib cannot write to a bucket URL)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  return files.write_bytes(path, buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,7 +329,7 @@ class ExportResult:
 
 def export(out_dir: str, result: sr.SearchResult, problem: sr.Problem) -> dict[str, str]:
   """Writes the four files of the module docstring into `out_dir`; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
+  files.makedirs(out_dir)
   j = lambda name: os.path.join(out_dir, name)
   return {
       "architecture_json": write_json(j(ARCHITECTURE_JSON), architecture_record(result)),

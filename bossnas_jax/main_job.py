@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from bossnas_jax import parallel, summary, utils
+from bossnas_jax import files, parallel, summary, utils
 from bossnas_jax import search_space as ss
 from bossnas_jax.train import loop
 
@@ -71,7 +71,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   parallel.maybe_initialize_distributed()
-  utils.check_workdir(workdir)
+  files.check_workdir(workdir)
   check_config(config)
   run_ = loop.Run.create(config, workdir)  # Opens the data: a missing data set fails here.
   loop.save_config(config, workdir)

@@ -16,8 +16,10 @@ programs are compiled per layer configuration and shared by all candidates, as i
 from __future__ import annotations
 
 import functools
-import json
+import io
+import math
 import os
+import time
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from bossnas_jax import calibration, parallel, ratings
+from bossnas_jax import calibration, files, parallel, ratings
 from bossnas_jax import search_space as ss
 from bossnas_jax.models import heads, supernet
 from bossnas_jax.train import step as step_lib
@@ -182,33 +184,52 @@ def _progress_path(workdir: str, block: int, in_scale: int) -> str:
                       f"block{block}_in{ss.SCALE_NAMES[in_scale]}")
 
 
+# The progress of a rating is `<path>.json` (the candidates summed into the centre so far, the
+# scores so far, and the name of the centre's file) and `<path>.centre<k>.npz` (the sum over k
+# candidates). A centre file is written under a new name before the JSON that names it and the
+# older one is deleted after, so a run killed between any two writes resumes from a consistent
+# pair. In a bucket the JSON is rewritten at most every files.REWRITE_SECONDS.
+
+
 def _load_progress(path: str, key: dict):
-  meta_path = path + ".json"
-  if not os.path.exists(meta_path):
+  if not files.exists(path + ".json"):
     return [], None, {}
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = files.read_json(path + ".json")
   if meta.get("key") != key:  # A rating of another epoch or chain: start again.
     return [], None, {}
   centre = None
   if meta["centred"]:
-    with np.load(path + ".npz") as z:
+    name = meta.get("centre", os.path.basename(path) + ".npz")  # (before 0.1.1: one name)
+    with np.load(io.BytesIO(files.read_bytes(os.path.join(os.path.dirname(path), name)))) as z:
       centre = [z[f"c{i}"] for i in range(len(z.files))]
   scores = {tuple(int(c) for c in k): float(v) for k, v in meta["scores"].items()}
   return [tuple(int(c) for c in p) for p in meta["centred"]], centre, scores
 
 
+def _centre_name(path: str, count: int) -> str:
+  return f"{os.path.basename(path)}.centre{count}.npz"
+
+
 def _save_progress(path: str, key: dict, centred, centre, scores) -> None:
+  """Process 0 writes; `centre` (host arrays summed over `centred`) only while pass 1 runs."""
   if jax.process_index() != 0:
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  folder, name = os.path.dirname(path), _centre_name(path, len(centred))
   if centre is not None:
-    np.savez(path + ".tmp.npz", **{f"c{i}": c for i, c in enumerate(centre)})
-    os.replace(path + ".tmp.npz", path + ".npz")
-  with open(path + ".tmp.json", "w") as f:
-    json.dump({"key": key, "centred": [ss.format_path(p) for p in centred],
-               "scores": {ss.format_path(p): s for p, s in scores.items()}}, f)
-  os.replace(path + ".tmp.json", path + ".json")
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"c{i}": c for i, c in enumerate(centre)})
+    files.write_bytes(os.path.join(folder, name), buffer.getvalue())
+  files.write_json(path + ".json", {
+      "key": key, "centred": [ss.format_path(p) for p in centred], "centre": name,
+      "scores": {ss.format_path(p): s for p, s in scores.items()}})
+  _remove_centres(path, keep=name)
+
+
+def _remove_centres(path: str, keep: str | None = None) -> None:
+  folder, stem = os.path.dirname(path), os.path.basename(path) + ".centre"
+  for n in files.listdir(folder):
+    if n.startswith(stem) and n != keep:
+      files.remove(os.path.join(folder, n))
 
 
 def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: int,
@@ -222,6 +243,14 @@ def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: in
   else:
     centre = None
   cache = {}
+  interval, saved_at = files.rewrite_interval(workdir), -math.inf
+
+  def save(centre_host, last: bool) -> None:
+    nonlocal saved_at
+    if last or time.monotonic() - saved_at >= interval:
+      _save_progress(path, progress_key, centred, centre_host, scores)
+      saved_at = time.monotonic()
+
   bar = tqdm.tqdm(total=2 * len(candidates), initial=len(centred) + len(scores), unit="cand",
                   desc=desc or f"rating block {block}", dynamic_ncols=True)
   try:
@@ -233,8 +262,8 @@ def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: in
       zs = rater.target_projections(cache[p], p)
       centre = zs if centre is None else [a + z for a, z in zip(centre, zs)]
       centred.append(p)
-      _save_progress(path, progress_key, centred, parallel.fetch(list(centre)),
-                     scores)
+      # Every host fetches (a collective); process 0 alone decides whether to write.
+      save(parallel.fetch(list(centre)), last=len(centred) == len(candidates))
       bar.update(1)
     centre = [c / len(candidates) for c in centre]
     # Pass 2: every candidate's loss toward the centre.
@@ -243,7 +272,7 @@ def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: in
         continue
       calibrated = cache.pop(p, None) or rater.calibrate(p)
       scores[p] = rater.score(calibrated, p, centre)
-      _save_progress(path, progress_key, centred, None, scores)
+      save(None, last=False)  # The last one goes straight into the rank file.
       bar.update(1)
   finally:
     bar.close()
@@ -251,7 +280,8 @@ def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: in
 
 
 def clear_progress(workdir: str, block: int, in_scale: int) -> None:
-  path = _progress_path(workdir, block, in_scale)
-  for ext in (".json", ".npz"):
-    if os.path.exists(path + ext) and jax.process_index() == 0:
-      os.remove(path + ext)
+  if jax.process_index() == 0:
+    path = _progress_path(workdir, block, in_scale)
+    files.remove(path + ".json")
+    files.remove(path + ".npz")  # Written by versions before 0.1.1.
+    _remove_centres(path)

@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
+from bossnas_jax import files
 from bossnas_jax import search_space as ss
 from bossnas_jax.models import cost
 
@@ -134,21 +135,15 @@ def write_rank_file(workdir: str, block: int, in_scale: int,
                        "madds": c.madds, "params": c.params})
   record = {"block": block, "in_scale": in_scale, "prefix": prefix, "rating_index": rating_index,
             "epoch": epoch, "num_images": num_images, "candidates": candidates}
-  path = rank_file_path(workdir, block, in_scale)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=1, allow_nan=False)
-  os.replace(tmp, path)
-  return path
+  return files.write_json(rank_file_path(workdir, block, in_scale), record, indent=1,
+                          allow_nan=False)
 
 
 def read_rank_file(path: str) -> RankFile:
   """Reads and validates one rank file; every problem is a RatingsError naming the file."""
   fix = "re-run the rating of that block, or delete the file if it does not belong here"
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = files.read_json(path)
   except FileNotFoundError:
     raise RatingsError(f"rank file {path} does not exist.") from None
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -193,12 +188,12 @@ def read_rank_file(path: str) -> RankFile:
 
 def read_rank_files(workdir: str) -> dict[tuple[int, int], RankFile]:
   """Every rank file of a workdir, keyed by (block, in_scale)."""
-  if not os.path.isdir(workdir):
+  if not files.isdir(workdir):
     raise RatingsError(
         f"workdir {workdir} does not exist; pass the --workdir of a BossNAS main job "
         "(launch/train_blocks.py), which holds ratings/.")
   folder = ratings_dir(workdir)
-  names = sorted(n for n in os.listdir(folder) if _NAME.match(n)) if os.path.isdir(folder) else []
+  names = [n for n in files.listdir(folder) if _NAME.match(n)]
   if not names:
     raise RatingsError(
         f"no rank files (block<b>_in<scale>.json) in {folder}; the main job writes them when it "

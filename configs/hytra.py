@@ -1,7 +1,7 @@
 r"""BossNAS over the HyTra space: the whole experiment in one place.
 
 Full size (SPEC Part I; 8 accelerators x 64 images per view, 8 accumulation steps):
-  python launch/train_blocks.py --config configs/hytra.py --workdir /mnt/BUCKET/bossnas \
+  python launch/train_blocks.py --config configs/hytra.py --workdir gs://BUCKET/bossnas \
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets
   Expected: the official search ends with BossNet-T0 (5433-3230-0010-0000), 80.8% top-1 after the
   300-epoch retrain; the official run took 8 GPUs x ~4 days.

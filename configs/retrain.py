@@ -1,7 +1,7 @@
 r"""Supervised retraining of a BossNet (SPEC I.8.4, the DeiT recipe): the whole experiment here.
 
 Full size (8 accelerators x 128 images, 300 epochs on ImageNet, as the official README):
-  python launch/retrain.py --config configs/retrain.py --workdir /mnt/BUCKET/bossnet_t0 \
+  python launch/retrain.py --config configs/retrain.py --workdir gs://BUCKET/bossnet_t0 \
       --arch bossnet_t0 --config.data.data_dir=gs://BUCKET/tensorflow_datasets
   Expected (published, 300 epochs): BossNet-T0 80.8% top-1 / 95.2% top-5 at 224 (T0-nose 80.5,
   T1 81.9); the searched network of a search workdir: --arch SEARCH_DIR/architecture.json, or

@@ -3,7 +3,7 @@ r"""Supervised retraining of a BossNet (SPEC I.8.4), evaluated every epoch; resu
   python launch/retrain.py --config configs/retrain.py:demo --workdir runs/demo_retrain \
       --arch runs/demo/architecture.json
   python launch/retrain.py --config runs/demo/retrain_config.py:demo --workdir runs/demo_retrain
-  python launch/retrain.py --config configs/retrain.py --workdir /mnt/BUCKET/t0 --arch bossnet_t0 \
+  python launch/retrain.py --config configs/retrain.py --workdir gs://BUCKET/t0 --arch bossnet_t0 \
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 Rerun the same command to resume. --arch: bossnet_t0, bossnet_t0_nose, bossnet_t1, an architecture
 string ('5433-3230-0010-0000') or an architecture.json; it overrides config.model.arch.
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bossnas_jax import parallel, utils  # noqa: E402
+from bossnas_jax import files, parallel, utils  # noqa: E402
 from bossnas_jax.retrain import loop  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a get_config file).")
@@ -36,7 +36,7 @@ def main(argv):
   config = _CONFIG.value
   if _ARCH.value:
     config.model.arch = _ARCH.value
-  utils.enable_compilation_cache(os.path.join(utils.check_workdir(_WORKDIR.value), "jax_cache"))
+  utils.enable_compilation_cache(os.path.join(files.check_workdir(_WORKDIR.value), "jax_cache"))
   loop.train_and_evaluate(config, _WORKDIR.value)
 
 

@@ -12,13 +12,12 @@ the workdir) and prints the chosen network, its cost and the files.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from bossnas_jax import export, search  # noqa: E402
+from bossnas_jax import export, files, search  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,10 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def saved_config(workdir: str) -> dict | None:
   """The run's config.json (written by the main job), if there is one."""
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path) if files.exists(path) else None
 
 
 def main(argv=None) -> export.ExportResult:

@@ -4,6 +4,9 @@ XLA_FLAGS must be set before jax is imported anywhere, which is why this lives i
 """
 
 import os
+import uuid
+
+import pytest
 
 # On 2 shared cores a simulated device can reach a collective long after the others (its thread
 # waits behind a cold compile); XLA:CPU aborts the process after 40 s by default, so give it more.
@@ -18,3 +21,27 @@ from bossnas_jax import utils  # noqa: E402
 utils.enable_compilation_cache(
     os.environ.get("BOSSNAS_TEST_CACHE",
                    os.path.join(os.path.dirname(__file__), os.pardir, ".jax_cache")))
+
+
+# ------------------------------------------------------------------------------------------------
+# A Cloud Storage bucket for the gs:// workdir tests (gcs_emulator.py: no network here).
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+  """'gs://bossnas-test', served by an emulator in this process for the whole session."""
+  import importlib.util
+  for package in ("gcsfs", "gcp_storage_emulator"):  # (gcsfs must not be imported before.)
+    if importlib.util.find_spec(package) is None:
+      pytest.skip(f"{package} is missing: pip install -e '.[test]'")
+  import gcs_emulator
+
+  with gcs_emulator.serving(bucket="bossnas-test") as bucket:
+    yield bucket
+
+
+@pytest.fixture
+def bucket_dir(gcs_bucket, request):
+  """A fresh gs:// folder for one test."""
+  name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+  return f"{gcs_bucket}/{name}-{uuid.uuid4().hex[:8]}"

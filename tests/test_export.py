@@ -153,3 +153,26 @@ def test_launch_search_errors(tmp_path):
     launch_search.main(["--workdir", str(tmp_path), "--strategy", "random"])
   with pytest.raises(sr.SearchError, match="strategy='random'"):
     export.search_and_export(str(tmp_path), {"strategy": "random"}, log=None)
+
+
+def test_search_and_export_in_a_bucket(exported, bucket_dir, capsys):
+  """Rank files and config in a gs:// workdir (an emulated bucket): launch/search.py reads them
+  there and writes the four exports there, the same as on a disk."""
+  from bossnas_jax import files
+  d, res, _ = exported
+  write_synthetic_ratings(bucket_dir, seed=3, per_scale=4)
+  files.write_json(os.path.join(bucket_dir, "config.json"),
+                   {"search": {"strategy": "exhaustive", "max_params": 60e6}})
+  got = launch_search.main(["--workdir", bucket_dir])
+  assert got.architecture == res.architecture
+  assert sorted(files.listdir(bucket_dir)) == sorted(
+      ["config.json", "ratings", export.ARCHITECTURE_JSON, export.RETRAIN_CONFIG,
+       export.PARETO_PNG, export.BLOCK_SCORES_PNG])
+  arch, _ = export.load_architecture(os.path.join(bucket_dir, export.ARCHITECTURE_JSON))
+  assert arch == res.architecture
+  assert files.read_bytes(os.path.join(bucket_dir, export.ARCHITECTURE_JSON)) == open(
+      os.path.join(d, export.ARCHITECTURE_JSON), "rb").read()
+  for png in (export.PARETO_PNG, export.BLOCK_SCORES_PNG):
+    assert files.read_bytes(os.path.join(bucket_dir, png))[:8] == b"\x89PNG\r\n\x1a\n"
+  assert str(arch) in files.read_text(os.path.join(bucket_dir, export.RETRAIN_CONFIG))
+  assert bucket_dir in capsys.readouterr().out

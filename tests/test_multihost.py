@@ -11,7 +11,6 @@ of it compiling, in 3 processes), so they run on request:
     BOSSNAS_MULTIHOST=1 pytest tests/test_multihost.py
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -133,22 +132,24 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 @_OPT_IN
-def test_main_job_on_two_processes(tmp_path):
+@pytest.mark.parametrize("where", ["disk", "bucket"])
+def test_main_job_on_two_processes(tmp_path, where, request):
   """The whole main job on 2 processes: ratings gather what other hosts' devices computed (a
   plain device_get of a split array fails there), process 0 searches and exports while process
-  1 waits, and both leave cleanly."""
-  from bossnas_jax import ratings
+  1 waits, and both leave cleanly. The workdir on a disk, or in a gs:// bucket both processes
+  write to (the emulator of this process; the workers inherit its variables)."""
+  from bossnas_jax import files, ratings
   from bossnas_jax import search_space as ss
 
   data_dir = prepare_data(str(tmp_path / "data"))
-  workdir = tmp_path / "run"
-  logs = _run_workers(data_dir, str(workdir), "--main_job", timeout=1500)
+  workdir = str(tmp_path / "run") if where == "disk" else request.getfixturevalue("bucket_dir")
+  logs = _run_workers(data_dir, workdir, "--main_job", timeout=1500)
   assert "chosen:" in logs[0] and "process 1: main job done" in logs[1]
-  arch = json.loads((workdir / "architecture.json").read_text())
+  arch = files.read_json(os.path.join(workdir, "architecture.json"))
   parsed = ss.parse_architecture(arch["architecture"])
   assert config_for(data_dir).train.epochs_per_block == 1
-  files = ratings.read_rank_files(str(workdir))
+  rank_files = ratings.read_rank_files(workdir)
   for b in range(ss.NUM_BLOCKS):
-    scores = files[(b, parsed.input_scale(b))].scores
+    scores = rank_files[(b, parsed.input_scale(b))].scores
     assert set(scores) == set(ss.candidates(b, parsed.input_scale(b)))
     assert all(np.isfinite(v) for v in scores.values())

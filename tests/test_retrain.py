@@ -14,7 +14,7 @@ import optax
 import pytest
 from train_utils import assert_trees_equal, prepare_data
 
-from bossnas_jax import checkpoint_io, evaluate, parallel, utils
+from bossnas_jax import checkpoint_io, evaluate, files, parallel
 from bossnas_jax.data import embedded, mixing
 from bossnas_jax.models import bossnet
 from bossnas_jax.retrain import checkpoints, optim
@@ -192,9 +192,9 @@ def test_resume_after_a_kill_and_a_corrupt_checkpoint_equals_the_uninterrupted_r
   assert checkpoint_io.all_steps(directory) == [2, 4, 6]
   # Flip a byte in the newest step's largest file: Orbax would restore it silently; the run must
   # fall back to step 4 and still end exactly where the uninterrupted run ended.
-  files = [f for f in glob.glob(os.path.join(directory, "6", "**", "*"), recursive=True)
+  found = [f for f in glob.glob(os.path.join(directory, "6", "**", "*"), recursive=True)
            if os.path.isfile(f) and "bossnas_files" not in f]
-  victim = max(files, key=os.path.getsize)
+  victim = max(found, key=os.path.getsize)
   with open(victim, "r+b") as f:
     f.seek(os.path.getsize(victim) // 2)
     byte = f.read(1)
@@ -233,8 +233,9 @@ def test_bad_inputs_fail_with_clear_errors(data_dir, tmp_path):
   c.model.arch = str(tmp_path / "missing" / "architecture.json")
   with pytest.raises(ValueError, match="does not exist"):
     retrain_loop.Run(c, str(tmp_path))
-  with pytest.raises(utils.WorkdirError, match="is a URL"):
-    retrain_loop.train_and_evaluate(tiny_config(data_dir), "gs://bucket/retrain")
+  (tmp_path / "file").write_text("")
+  with pytest.raises(files.WorkdirError, match="is a file; pass a folder"):
+    retrain_loop.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "file"))
 
 
 def test_the_8_device_step_is_the_mean_of_per_device_gradients_with_per_device_bn(data_dir):
@@ -284,3 +285,21 @@ def test_the_8_device_step_is_the_mean_of_per_device_gradients_with_per_device_b
   jax.tree.map(close, jax.device_get(s1.ema_params), jax.tree.map(ema, s0.ema_params, params))
   jax.tree.map(close, jax.device_get(s1.ema_batch_stats),
                jax.tree.map(ema, s0.ema_batch_stats, stats))
+
+
+def test_retraining_in_a_bucket_resumes_and_evaluates_from_there(full_run, data_dir, bucket_dir):
+  """A gs:// retraining workdir (an emulated bucket): killed after step 5 and resumed, it ends
+  with the uninterrupted run's results; its exports evaluate straight from the bucket."""
+  _, results = full_run
+  config = tiny_config(data_dir, ema_decay=0.5, checkpoint_every_steps=4)
+  assert retrain_loop.train_and_evaluate(config, bucket_dir, stop_after_steps=5) == \
+      {"stopped_at_step": 5}
+  assert checkpoint_io.all_steps(checkpoints.checkpoint_dir(bucket_dir)) == [4, 5]
+  assert retrain_loop.train_and_evaluate(config, bucket_dir) == results
+  assert files.read_json(os.path.join(bucket_dir, "results.json"))["best"] == results["best"]
+  rows = files.read_text(os.path.join(bucket_dir, "metrics.jsonl")).splitlines()
+  assert sum("eval/ema/top1" in r for r in rows) == 2
+  for target, ema in ((f"{bucket_dir}/bossnet_ema", False), (bucket_dir, True)):
+    got = evaluate.evaluate(target, name=embedded.NAME, split="test", data_dir=data_dir,
+                            resolution=32, batch_size=8, ema=ema)
+    assert got["top1"] == pytest.approx(results["ema"]["top1"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from train_utils import assert_trees_equal, flat, prepare_data, tiny_config
 
-from bossnas_jax import main_job, parallel, utils
+from bossnas_jax import files, main_job, parallel
 from bossnas_jax import search_space as ss
 from bossnas_jax.data import device_augment, pipeline
 from bossnas_jax.models import supernet
@@ -434,9 +434,38 @@ def test_bad_inputs_are_clear_errors_before_work(data_dir, tmp_path):
   config.train.lr = 1.2
   config.train.log_every_steps = 3  # Does not change what is computed: accepted.
   loop.save_config(config, str(tmp_path))
-  with pytest.raises(utils.WorkdirError, match=r"'gs://bucket/run' is a URL.*gcsfuse"):
-    main_job.run(tiny_config(data_dir), "gs://bucket/run")
-  assert not os.path.exists("gs:")
+  (tmp_path / "file").write_text("")
+  with pytest.raises(files.WorkdirError, match=r"--workdir .*file is a file; pass a folder"):
+    main_job.run(tiny_config(data_dir), str(tmp_path / "file"))
+
+
+def test_block_training_in_a_bucket_resumes_and_equals_uninterrupted(
+    data_dir, uninterrupted, bucket_dir, monkeypatch):
+  """A gs:// workdir (an emulated bucket): config, checkpoints, rating progress, rank files,
+  metrics and events all go there; killed after the rating of epoch 1 and resumed, the block
+  ends where the uninterrupted run on a disk ends."""
+  from bossnas_jax import checkpoint_io, ratings
+  _, full = uninterrupted
+  config = tiny_config(data_dir)
+  config.rating.rate_every_epochs = 1
+  with pytest.raises(files.WorkdirError, match="gs://no-such-bucket/run does not exist"):
+    main_job.run(config, "gs://no-such-bucket/run")
+  _train(config, bucket_dir, monkeypatch, stop_after=5)
+  assert pipeline_steps(bucket_dir) == [1, 2]
+  state = _train(config, bucket_dir)
+  assert_trees_equal(state, full)
+  assert pipeline_steps(bucket_dir) == [2, 3, 4]  # keep_checkpoints = 3.
+  rf = ratings.read_rank_file(ratings.rank_file_path(bucket_dir, 0, ss.STEM_SCALE))
+  assert rf.epoch == 1 and len(rf.scores) == 50  # (The last epoch's rating follows the block.)
+  assert files.listdir(os.path.join(bucket_dir, "ratings", "history")) == [
+      "block0_in56_epoch1.json"]
+  assert files.listdir(os.path.join(bucket_dir, "ratings", "partial")) == []
+  rows = files.read_text(os.path.join(bucket_dir, "metrics.jsonl")).splitlines()
+  assert len(rows) == 4  # Steps 1, 2 before the kill, 3, 4 after it.
+  assert len(files.listdir(os.path.join(bucket_dir, "tb"))) == 2  # One event file per process.
+  assert files.read_json(os.path.join(bucket_dir, "config.json"))["train"]["lr"] == 1.2
+  manifest = os.path.join(bucket_dir, "checkpoints", "block0", "4", checkpoint_io.FILE_MANIFEST)
+  assert files.exists(manifest)
 
 
 def test_metrics_and_tensorboard_files(uninterrupted):

@@ -11,15 +11,13 @@ Layout of a retraining workdir:
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import jax
 import ml_collections
 import numpy as np
 
-from bossnas_jax import checkpoint_io
+from bossnas_jax import checkpoint_io, files
 from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
 from bossnas_jax.retrain import optim
@@ -34,8 +32,8 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def is_retrain_dir(path: str) -> bool:
-  return (os.path.isdir(checkpoint_dir(path))
-          and os.path.isfile(os.path.join(path, "config.json")))
+  return (files.isdir(checkpoint_dir(path))
+          and files.isfile(os.path.join(path, "config.json")))
 
 
 def abstract_state(model: bossnet.BossNet, tx, resolution: int):
@@ -50,18 +48,6 @@ def save(workdir: str, state: state_lib.TrainState, meta: dict, keep: int) -> No
   step = int(jax.device_get(state.step))
   checkpoint_io.save(checkpoint_dir(workdir), step, state, {"kind": KIND, **meta},
                      max_to_keep=keep)
-
-
-def set_aside_newer(directory: str, step: int) -> None:
-  """Moves steps newer than the restored one (they failed to verify) next to the folder, so the
-  resumed run can write those step numbers again; nothing is deleted."""
-  for s in checkpoint_io.all_steps(directory):
-    if s > step:
-      dest = os.path.join(directory + ".corrupt", f"{s}-{int(time.time())}")
-      os.makedirs(os.path.dirname(dest), exist_ok=True)
-      os.replace(os.path.join(directory, str(s)), dest)
-      print(f"checkpoint step {s} of {directory} failed verification; moved to {dest}",
-            flush=True)
 
 
 def restore(workdir: str, model: bossnet.BossNet, tx, resolution: int):
@@ -79,7 +65,7 @@ def _newest_meta(directory: str, steps: list[int]) -> dict:
   import orbax.checkpoint as ocp
 
   errors = []
-  with ocp.CheckpointManager(os.path.abspath(directory)) as mngr:
+  with ocp.CheckpointManager(files.absolute(directory)) as mngr:
     for step in sorted(steps, reverse=True):
       try:
         return dict(mngr.restore(step, args=ocp.args.Composite(
@@ -91,8 +77,7 @@ def _newest_meta(directory: str, steps: list[int]) -> dict:
 
 def load_bossnet(workdir: str, *, ema: bool = False):
   """(BossNet, variables) of the newest verified step of a retraining workdir (float32)."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(files.read_json(os.path.join(workdir, "config.json")))
   steps = checkpoint_io.all_steps(checkpoint_dir(workdir))
   if not steps:
     raise checkpoint_io.CheckpointError(f"{checkpoint_dir(workdir)} holds no checkpoint yet.")

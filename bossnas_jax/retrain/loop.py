@@ -12,9 +12,7 @@ CPU). The workdir layout is in `checkpoints.py`.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 
 import jax
@@ -22,7 +20,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bossnas_jax import checkpoint_io, convert, parallel, utils
+from bossnas_jax import checkpoint_io, convert, files, parallel
 from bossnas_jax.data import classification, mixing
 from bossnas_jax.models import bossnet, cost
 from bossnas_jax.models import bossnet_spec as bs
@@ -158,7 +156,7 @@ def _restore_or_init(run: Run):
     state, meta, step = checkpoints.restore(run.workdir, run.model, run.tx, run.resolution)
     if meta.get("network") != run.network.to_dict():
       raise ConfigError(f"{directory} step {step} holds another network; use a new --workdir.")
-    checkpoints.set_aside_newer(directory, step)
+    checkpoint_io.set_aside_newer(directory, step)
     print(f"resumed from step {step} (epoch {meta['epoch']}) of {directory}", flush=True)
     return parallel.replicate(state, run.mesh), meta
   return parallel.replicate(run.init_state(), run.mesh), {"epoch": 0, "data": None,
@@ -174,18 +172,15 @@ def _finish(run: Run, state, history: list[dict]) -> dict:
              "best": _best(history)}
   for name, folder in EXPORTS.items():
     path = os.path.join(run.workdir, folder)
-    if jax.process_index() == 0 and os.path.isdir(path):
-      shutil.rmtree(path)  # A rerun of a finished run rewrites the exports.
+    if jax.process_index() == 0:
+      files.rmtree(path)  # A rerun of a finished run rewrites the exports.
     # Host copies: a checkpoint of arrays laid out on this mesh would only restore on the same
     # device topology; numpy arrays restore anywhere (one CPU, another accelerator count).
     convert.save_converted(path, jax.device_get(state.variables(name == "ema")), {
-        "kind": "bossnet", "config": run.network.to_dict(), "source": os.path.abspath(run.workdir),
+        "kind": "bossnet", "config": run.network.to_dict(), "source": files.absolute(run.workdir),
         "step": run.total_steps, "weights": name})
   if jax.process_index() == 0:
-    tmp = os.path.join(run.workdir, RESULTS + ".tmp")
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=1)
-    os.replace(tmp, os.path.join(run.workdir, RESULTS))
+    files.write_json(os.path.join(run.workdir, RESULTS), results, indent=1)
   return results
 
 
@@ -203,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   there), as if the job were killed: tests use it to check that a resumed run equals an
   uninterrupted one.
   """
-  utils.check_workdir(workdir)
+  files.check_workdir(workdir)
   run = Run(config, workdir)
   block_loop.save_config(config, workdir)
   print(run.describe(), flush=True)
@@ -213,9 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t = config.train
   spe, total = run.steps_per_epoch, run.total_steps
   if start >= total:
-    if os.path.exists(os.path.join(workdir, RESULTS)):
-      with open(os.path.join(workdir, RESULTS)) as f:
-        return json.load(f)
+    if files.exists(os.path.join(workdir, RESULTS)):
+      return files.read_json(os.path.join(workdir, RESULTS))
     return _finish(run, state, history)
 
   it = classification.train_iterator(config.data, resolution=run.resolution,

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from typing import Any
 
@@ -33,7 +32,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bossnas_jax import calibration, checkpoint_io, parallel
+from bossnas_jax import calibration, checkpoint_io, files, parallel
 from bossnas_jax import search_space as ss
 from bossnas_jax.data import device_augment, pipeline
 from bossnas_jax.models import supernet
@@ -146,22 +145,10 @@ def _restore_or_init(run: Run, trainer: step_lib.BlockTrainer, block: int):
     host = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(init))
     state, meta, step = checkpoint_io.restore(directory, abstract=host)
     state = parallel.replicate(state, run.mesh)
-    _set_aside_newer(directory, step)
+    checkpoint_io.set_aside_newer(directory, step)
     print(f"block {block}: resumed from optimizer step {step} ({directory})", flush=True)
     return state, int(meta["micro"]), meta["data"]
   return parallel.replicate(init(), run.mesh), 0, None
-
-
-def _set_aside_newer(directory: str, step: int) -> None:
-  """Moves steps newer than the restored one (they failed to verify) out of the manager's folder,
-  so that the resumed run can write those step numbers again; nothing is deleted."""
-  for s in checkpoint_io.all_steps(directory):
-    if s > step:
-      dest = os.path.join(directory + ".corrupt", f"{s}-{int(time.time())}")
-      os.makedirs(os.path.dirname(dest), exist_ok=True)
-      os.replace(os.path.join(directory, str(s)), dest)
-      print(f"checkpoint step {s} of {directory} failed verification; moved to {dest}",
-            flush=True)
 
 
 def _save(run: Run, block: int, state, micro: int, data_state) -> None:
@@ -291,7 +278,7 @@ def _rate_within(run: Run, block: int, state, chains, epoch: int) -> None:
 
   def done(s):
     path = ratings.rank_file_path(run.workdir, block, s)
-    return os.path.exists(path) and ratings.read_rank_file(path).epoch == epoch
+    return files.exists(path) and ratings.read_rank_file(path).epoch == epoch
 
   if not all(done(s) for s in chains):
     rate_block(run, block, state, chains, epoch=epoch)
@@ -373,9 +360,8 @@ def rate_block(run: Run, block: int, state: step_lib.BlockState,
                                      epoch=epochs, num_images=rating_set.num_images,
                                      dims=run.dims)
       history = os.path.join(ratings.ratings_dir(run.workdir), "history")
-      os.makedirs(history, exist_ok=True)
       name = os.path.basename(path).replace(".json", f"_epoch{epochs}.json")
-      shutil.copyfile(path, os.path.join(history, name))
+      files.copy(path, os.path.join(history, name))
     rating.clear_progress(run.workdir, block, s)
     out[s] = scores
   return out
@@ -407,10 +393,7 @@ def _progress_file(run: Run) -> str:
 
 def train_all_blocks(run: Run) -> dict[int, list[Frozen]]:
   """Blocks 0..3 in turn: train, rate, and freeze the best path ending at every scale."""
-  done = {}
-  if os.path.exists(_progress_file(run)):
-    with open(_progress_file(run)) as f:
-      done = json.load(f)
+  done = files.read_json(_progress_file(run)) if files.exists(_progress_file(run)) else {}
   chains: dict[int, list[Frozen]] = {ss.STEM_SCALE: []}
   for block in range(ss.NUM_BLOCKS):
     if str(block) in done:
@@ -426,9 +409,7 @@ def train_all_blocks(run: Run) -> dict[int, list[Frozen]]:
     done[str(block)] = {str(d): [_frozen_dir(run, f.block.block, f.block.in_scale, f.block.path)
                                  for f in chain] for d, chain in chains.items()}
     if jax.process_index() == 0:
-      with open(_progress_file(run) + ".tmp", "w") as f:
-        json.dump(done, f, indent=1)
-      os.replace(_progress_file(run) + ".tmp", _progress_file(run))
+      files.write_json(_progress_file(run), done, indent=1)
   return chains
 
 
@@ -436,9 +417,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes config.json, or checks that the workdir's run used a compatible config."""
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if files.exists(path):
+    saved = files.read_json(path)
     # Fields that do not change what is computed may differ between a run and its restart.
     free = {("train", "log_every_steps"), ("train", "checkpoint_every_steps"),
             ("train", "keep_checkpoints"), ("data", "worker_count"), ("data", "data_dir"),
@@ -451,13 +431,10 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
           f"{workdir} holds a run with a different config ({shown}). Resume it with the same "
           "config, or use a new --workdir.")
     return
-  os.makedirs(workdir, exist_ok=True)
-  # Every host of a multi-host run writes the same file: each through its own temporary name and
-  # an atomic rename, so that no host reads another's half-written config.
-  tmp = f"{path}.{jax.process_index()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(current, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  files.makedirs(workdir)
+  # Every host of a multi-host run writes the same file, atomically, so that no host reads
+  # another's half-written config.
+  files.write_json(path, current, indent=2, sort_keys=True)
 
 
 def _diff(a, b, prefix=()):

@@ -16,6 +16,8 @@ import time
 
 import jax
 
+from bossnas_jax import files
+
 
 def _crc32c_table():
   table = []
@@ -86,11 +88,9 @@ class Writer:
     self.active = jax.process_index() == 0
     if not self.active:
       return
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-    tb = os.path.join(workdir, "tb")
-    os.makedirs(tb, exist_ok=True)
+    self._jsonl = files.AppendLog(os.path.join(workdir, "metrics.jsonl"))
     name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-    self._events = open(os.path.join(tb, name), "ab")  # noqa: SIM115
+    self._events = files.AppendLog(os.path.join(workdir, "tb", name))
     self._events.write(record_bytes(event_bytes(time.time(), 0, file_version="brain.Event:2")))
 
   def write(self, *, step: int, block: int | None = None, **scalars: float) -> None:
@@ -100,11 +100,9 @@ class Writer:
     row = {"time": now, "step": step, **({"block": block} if block is not None else {}),
            **scalars}
     self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
     prefix = f"block{block}/" if block is not None else ""
     self._events.write(record_bytes(event_bytes(
         now, step, scalars={prefix + k: v for k, v in scalars.items()})))
-    self._events.flush()
 
   def close(self) -> None:
     if self.active:
