@@ -227,6 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints.save(workdir, state, {"epoch": epoch, "data": it.get_state(), "history": history,
                                       "network": run.network.to_dict()},
                      int(t.keep_checkpoints))
+    writer.flush()  # The logs hold every step up to the checkpoint a restart resumes from.
 
   try:
     for k in range(start, end):

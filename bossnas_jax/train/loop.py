@@ -246,6 +246,7 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
       rate_now = epoch in rate_at and k + 1 < total_micro
       if step % int(cfg.checkpoint_every_steps) == 0 or step == total_steps or rate_now:
         _save(run, block, state, k + 1, it.get_state())
+        writer.flush()  # The logs hold every step up to the checkpoint a restart resumes from.
       if rate_now:
         bar.clear()
         _rate_within(run, block, state, chains, epoch)

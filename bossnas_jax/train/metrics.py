@@ -104,6 +104,12 @@ class Writer:
     self._events.write(record_bytes(event_bytes(
         now, step, scalars={prefix + k: v for k, v in scalars.items()})))
 
+  def flush(self) -> None:
+    """Uploads what a bucket has not received yet (a disk has it all already)."""
+    if self.active:
+      self._jsonl.flush()
+      self._events.flush()
+
   def close(self) -> None:
     if self.active:
       self._jsonl.close()
