@@ -68,9 +68,9 @@ def rewrite_interval(path: str) -> float:
 
 def _fs(url: str):
   """(fsspec file system, path inside it) of a URL, with listings never cached."""
-  import fsspec
-
   try:
+    import fsspec  # (With gcsfs: the gcs extra.)
+
     fs, inner = fsspec.core.url_to_fs(url, use_listings_cache=False)
   except (ImportError, ValueError) as e:
     scheme = url.split("://", 1)[0]

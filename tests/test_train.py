@@ -319,14 +319,21 @@ def test_resume_equals_uninterrupted(data_dir, uninterrupted, tmp_path, monkeypa
   assert len(lines) == 4  # Steps 1, 2 before the kill, 3, 4 after it.
 
 
-def test_rating_within_a_block_resumes_and_leaves_training_unchanged(
-    data_dir, uninterrupted, tmp_path, monkeypatch):
-  from bossnas_jax import rating, ratings
+def test_rating_within_a_block_resumes_in_a_bucket_and_leaves_training_unchanged(
+    data_dir, uninterrupted, bucket_dir, monkeypatch):
+  """In a gs:// workdir (an emulated bucket), so that config, checkpoints, rating progress, rank
+  files, metrics and events all go there; killed inside the rating after epoch 1 and resumed,
+  the block ends where the uninterrupted run on a disk ends."""
+  from bossnas_jax import checkpoint_io, rating, ratings
   _, full = uninterrupted
   config = tiny_config(data_dir)
   config.rating.rate_every_epochs = 1
   assert loop.rating_epochs(config) == {1, 2}
-  workdir = str(tmp_path)
+  workdir = bucket_dir
+  # Rating progress after every candidate, as on a disk (in a bucket: every 30 s at most).
+  monkeypatch.setattr(files, "REWRITE_SECONDS", 0.0)
+  with pytest.raises(files.WorkdirError, match="gs://no-such-bucket/run does not exist"):
+    main_job.run(config, "gs://no-such-bucket/run")
   calls = []
   original = rating.Rater.calibrate
 
@@ -350,8 +357,16 @@ def test_rating_within_a_block_resumes_and_leaves_training_unchanged(
   assert_trees_equal(state, full)  # Ratings read the state; they never change training.
   rf = ratings.read_rank_file(ratings.rank_file_path(workdir, 0, ss.STEM_SCALE))
   assert rf.epoch == 1 and len(rf.scores) == 50
-  history = os.listdir(os.path.join(workdir, "ratings", "history"))
+  history = files.listdir(os.path.join(workdir, "ratings", "history"))
   assert history == ["block0_in56_epoch1.json"]
+  assert files.listdir(os.path.join(workdir, "ratings", "partial")) == []
+  rows = files.read_text(os.path.join(workdir, "metrics.jsonl")).splitlines()
+  assert len(rows) == 4  # Steps 1, 2 before the kill, 3, 4 after it.
+  assert len(files.listdir(os.path.join(workdir, "tb"))) == 2  # One event file per process.
+  assert files.read_json(os.path.join(workdir, "config.json"))["train"]["lr"] == 1.2
+  assert pipeline_steps(workdir) == [2, 3, 4]  # keep_checkpoints = 3.
+  assert files.exists(os.path.join(workdir, "checkpoints", "block0", "4",
+                                   checkpoint_io.FILE_MANIFEST))
   assert loop._epoch_ended(8, 3, 2) is None and loop._epoch_ended(4, 3, 2) == 1  # Steps != epochs.
 
 
@@ -437,35 +452,6 @@ def test_bad_inputs_are_clear_errors_before_work(data_dir, tmp_path):
   (tmp_path / "file").write_text("")
   with pytest.raises(files.WorkdirError, match=r"--workdir .*file is a file; pass a folder"):
     main_job.run(tiny_config(data_dir), str(tmp_path / "file"))
-
-
-def test_block_training_in_a_bucket_resumes_and_equals_uninterrupted(
-    data_dir, uninterrupted, bucket_dir, monkeypatch):
-  """A gs:// workdir (an emulated bucket): config, checkpoints, rating progress, rank files,
-  metrics and events all go there; killed after the rating of epoch 1 and resumed, the block
-  ends where the uninterrupted run on a disk ends."""
-  from bossnas_jax import checkpoint_io, ratings
-  _, full = uninterrupted
-  config = tiny_config(data_dir)
-  config.rating.rate_every_epochs = 1
-  with pytest.raises(files.WorkdirError, match="gs://no-such-bucket/run does not exist"):
-    main_job.run(config, "gs://no-such-bucket/run")
-  _train(config, bucket_dir, monkeypatch, stop_after=5)
-  assert pipeline_steps(bucket_dir) == [1, 2]
-  state = _train(config, bucket_dir)
-  assert_trees_equal(state, full)
-  assert pipeline_steps(bucket_dir) == [2, 3, 4]  # keep_checkpoints = 3.
-  rf = ratings.read_rank_file(ratings.rank_file_path(bucket_dir, 0, ss.STEM_SCALE))
-  assert rf.epoch == 1 and len(rf.scores) == 50  # (The last epoch's rating follows the block.)
-  assert files.listdir(os.path.join(bucket_dir, "ratings", "history")) == [
-      "block0_in56_epoch1.json"]
-  assert files.listdir(os.path.join(bucket_dir, "ratings", "partial")) == []
-  rows = files.read_text(os.path.join(bucket_dir, "metrics.jsonl")).splitlines()
-  assert len(rows) == 4  # Steps 1, 2 before the kill, 3, 4 after it.
-  assert len(files.listdir(os.path.join(bucket_dir, "tb"))) == 2  # One event file per process.
-  assert files.read_json(os.path.join(bucket_dir, "config.json"))["train"]["lr"] == 1.2
-  manifest = os.path.join(bucket_dir, "checkpoints", "block0", "4", checkpoint_io.FILE_MANIFEST)
-  assert files.exists(manifest)
 
 
 def test_metrics_and_tensorboard_files(uninterrupted):
