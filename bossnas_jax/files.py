@@ -175,9 +175,11 @@ def remove(path: str) -> None:
   """Deletes one file; a missing one is fine."""
   if is_url(path):
     fs, p = _fs(path)
-    if fs.exists(p):
+    try:
       fs.rm_file(p)
-      _changed(fs, p)
+    except FileNotFoundError:
+      return
+    _changed(fs, p)
   elif os.path.exists(path):
     os.remove(path)
 
@@ -203,7 +205,7 @@ def tree_sizes(root: str) -> dict[str, int]:
   if is_url(root):
     fs, p = _fs(root)
     p = p.rstrip("/")
-    found = fs.find(p, detail=True) if fs.isdir(p) else {}
+    found = fs.find(p, detail=True)  # {} under a prefix that holds nothing.
     return {q[len(p) + 1:]: int(info["size"]) for q, info in found.items()
             if info.get("type") != "directory" and q.startswith(p + "/")}
   out = {}

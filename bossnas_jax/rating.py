@@ -199,7 +199,8 @@ def _load_progress(path: str, key: dict):
     return [], None, {}
   centre = None
   if meta["centred"]:
-    name = meta.get("centre", os.path.basename(path) + ".npz")  # (before 0.1.1: one name)
+    # Progress files written before centres were named by their count have one fixed name.
+    name = meta.get("centre", os.path.basename(path) + ".npz")
     with np.load(io.BytesIO(files.read_bytes(os.path.join(os.path.dirname(path), name)))) as z:
       centre = [z[f"c{i}"] for i in range(len(z.files))]
   scores = {tuple(int(c) for c in k): float(v) for k, v in meta["scores"].items()}
@@ -222,7 +223,8 @@ def _save_progress(path: str, key: dict, centred, centre, scores) -> None:
   files.write_json(path + ".json", {
       "key": key, "centred": [ss.format_path(p) for p in centred], "centre": name,
       "scores": {ss.format_path(p): s for p, s in scores.items()}})
-  _remove_centres(path, keep=name)
+  if centre is not None:  # Pass 2 writes no centre, so it has no older one to delete.
+    _remove_centres(path, keep=name)
 
 
 def _remove_centres(path: str, keep: str | None = None) -> None:
@@ -283,5 +285,5 @@ def clear_progress(workdir: str, block: int, in_scale: int) -> None:
   if jax.process_index() == 0:
     path = _progress_path(workdir, block, in_scale)
     files.remove(path + ".json")
-    files.remove(path + ".npz")  # Written by versions before 0.1.1.
+    files.remove(path + ".npz")  # The fixed name of older progress files.
     _remove_centres(path)
