@@ -45,3 +45,20 @@ def bucket_dir(gcs_bucket, request):
   """A fresh gs:// folder for one test."""
   name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
   return f"{gcs_bucket}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def without_gcsfs():
+  """Runs Python code in a child process where gcsfs cannot be imported, as if the gcs extra were
+  not installed (this process may have imported it already); returns what the code printed."""
+  import subprocess
+  import sys
+
+  def run(code: str) -> str:
+    code = 'import sys\nsys.modules["gcsfs"] = None\n' + code
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+  return run

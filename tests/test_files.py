@@ -152,21 +152,13 @@ def test_jax_compilation_cache_in_a_bucket(bucket_dir):
   assert files.listdir(cache) == entries  # A hit: nothing new compiled and written.
 
 
-_WITHOUT_GCSFS = """
-import sys
-sys.modules["gcsfs"] = None  # As if the gcs extra were not installed.
+def test_a_bucket_workdir_without_gcsfs_is_one_clear_error(without_gcsfs):
+  out = without_gcsfs("""
 from bossnas_jax import files
 try:
   files.check_workdir("gs://bucket/run")
 except files.WorkdirError as e:
   print(e)
-"""
-
-
-def test_a_bucket_workdir_without_gcsfs_is_one_clear_error():
-  import subprocess
-  import sys
-  out = subprocess.run([sys.executable, "-c", _WITHOUT_GCSFS], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
-  assert "cannot open gs://bucket/run" in out.stdout, out.stderr[-2000:]
-  assert "pip install 'bossnas_jax[gcs]'" in out.stdout
+""")
+  assert "cannot open gs://bucket/run" in out
+  assert "pip install 'bossnas_jax[gcs]'" in out
