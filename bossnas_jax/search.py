@@ -225,8 +225,9 @@ class Evaluated:
     return (self.score, self.cost.madds, self.cost.params, str(self.architecture))
 
 
-def _sum(values) -> float:
-  # Left to right from 0.0, as the dynamic programme adds, so equal chains give equal floats.
+def total_score(values) -> float:
+  """An architecture's score: its block scores added left to right from 0.0, as the dynamic
+  programme adds, so equal chains give equal floats wherever they are summed."""
   total = 0.0
   for v in values:
     total += v
@@ -248,7 +249,7 @@ def evaluate(problem: Problem, arch: ss.Architecture | str) -> Evaluated:
           f"{ss.SCALE_NAMES[s]} has no rating, so it has no score.")
     block_scores.append(float(t.scores[i]))
     total = total + cost.Cost(int(t.madds[i]), int(t.params[i]))
-  return Evaluated(arch, _sum(block_scores), tuple(block_scores), total)
+  return Evaluated(arch, total_score(block_scores), tuple(block_scores), total)
 
 
 def within(c: cost.Cost, settings: SearchSettings) -> bool:

@@ -1,0 +1,198 @@
+r"""How well does a search's score order networks by their real accuracy? (resumable; hours)
+
+  python benchmarks/ranking_quality.py --config configs/retrain.py:demo --search runs/demo \
+      [--long_search runs/demo_long] --workdir runs/ranking_quality \
+      [--out benchmarks/results/ranking_quality.json]
+
+Samples `--num` architectures of the judged search's space within a moderate MAdds band (half at
+random, half spread over its score range; `bossnas_jax/ranking_quality.py` has the protocol),
+retrains each from scratch with the retraining config (the demo recipe: 8,192 images, 10 epochs;
+here evaluated once, at the end, on the whole `test` split), `--two_seeds` of them with a second
+seed, and ranks them by every estimator: the search's final and first ratings, its scores
+normalised per (block, input scale), the same for `--long_search`, MAdds, params, NASWOT at
+initialisation (Mellor et al. 2021) and random. Ground truth is the mean `--metric` top-1 over
+seeds.
+
+Every finished training is written to --out at once (with the plan, the estimators, the summary
+and a scatter plot next to it), so the benchmark resumes from --out even on another machine; a
+training killed midway resumes from its checkpoint in --workdir. `--summary_only` recomputes the
+estimators and the summary without training.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from bossnas_jax import files, parallel, proxies, ranking, utils  # noqa: E402
+from bossnas_jax import ranking_quality as rq  # noqa: E402
+from bossnas_jax import ratings as rt  # noqa: E402
+from bossnas_jax import search as sr  # noqa: E402
+from bossnas_jax.data import classification  # noqa: E402
+from bossnas_jax.retrain import loop  # noqa: E402
+from bossnas_jax.retrain import state as state_lib  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Retraining config (the recipe).")
+_SEARCH = flags.DEFINE_string("search", None, "Workdir of the main job whose scores are judged.")
+_LONG = flags.DEFINE_string("long_search", None, "Workdir of a longer main job (optional).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "One retraining sub-folder per training.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/ranking_quality.json", "Results JSON.")
+_NUM = flags.DEFINE_integer("num", 32, "Architectures to retrain.")
+_TWO = flags.DEFINE_integer("two_seeds", 10, "Of them, retrained with a second seed.")
+_BAND = flags.DEFINE_list("madds_band", ["0.3", "0.7"], "MAdds quantile band of the sample.")
+_SEED = flags.DEFINE_integer("sample_seed", 0, "Seed of the sampling.")
+_METRIC = flags.DEFINE_enum("metric", "ema", ["raw", "ema"], "Final top-1 used as ground truth.")
+_EVAL_SPLIT = flags.DEFINE_string("eval_split", "test", "Split of the ground truth top-1.")
+_PROXY_IMAGES = flags.DEFINE_integer("proxy_images", 128, "Training images for NASWOT.")
+_SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False, "Recompute the summary, train nothing.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def recipe(config):
+  """The fixed ground-truth recipe: the config, evaluated once at the end on --eval_split."""
+  c = config.copy_and_resolve_references()
+  c.data.eval_split = _EVAL_SPLIT.value
+  c.eval.every_epochs = int(c.train.epochs)
+  return c
+
+
+def retrained_population(config, search: str, num_classes: int) -> ranking.Population:
+  """Every architecture of the search's space, costed as the network that is retrained."""
+  scores = rt.read_ratings(search)
+  m = config.model
+  problem = sr.build_problem(scores, int(m.resolution), "true", workdir=search,
+                             num_classes=num_classes, width_multiplier=float(m.width_multiplier),
+                             dim_head=int(m.dim_head))
+  return ranking.enumerate_architectures(problem)
+
+
+def train_fn(config, workdir: str):
+  def train(arch: str, seed: int) -> dict:
+    c = config.copy_and_resolve_references()
+    c.model.arch, c.seed = arch, seed
+    print(f"\n=== {arch} seed {seed}", flush=True)
+    r = loop.train_and_evaluate(c, os.path.join(workdir, "gt", rq.job_key(arch, seed)))
+    return {"top1": r[_METRIC.value]["top1"], "raw_top1": r["raw"]["top1"],
+            "ema_top1": r["ema"]["top1"], "raw_ece": r["raw"]["ece"]}
+  return train
+
+
+def naswot_values(config, plan, cache: dict, num_classes: int) -> dict:
+  """NASWOT of every planned architecture at initialisation (seed 0), cached by architecture."""
+  missing = [r["architecture"] for r in plan if r["architecture"] not in cache]
+  if not missing:
+    return cache
+  split = f"{config.data.train_split.split('[')[0]}[:{_PROXY_IMAGES.value}]"
+  batch = next(classification.eval_iterator(config.data, split=split,
+                                            resolution=int(config.model.resolution),
+                                            global_batch_size=_PROXY_IMAGES.value))
+  images = np.asarray(batch["image"])
+  for k, arch in enumerate(missing):
+    c = config.copy_and_resolve_references()
+    c.model.arch = arch
+    t0 = time.perf_counter()
+    cache[arch] = proxies.naswot_score(state_lib.network_config(c, num_classes), images)
+    print(f"NASWOT {k + 1}/{len(missing)} {arch}: {cache[arch]:.2f} "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+  return cache
+
+
+def estimators(plan, stored: dict, naswot: dict) -> dict[str, list[float]]:
+  archs = [r["architecture"] for r in plan]
+  out: dict[str, list[float]] = {}
+  for name, workdir in (("bossnas", _SEARCH.value), ("bossnas_long", _LONG.value)):
+    if workdir and files.isdir(workdir):
+      out.update(rq.rank_file_estimators(workdir, archs, name))
+    else:  # Judged earlier on another machine: keep the stored values.
+      out.update({k: v for k, v in stored.items() if k.startswith(name + "_") or k == name})
+  out["madds"] = [float(r["madds"]) for r in plan]
+  out["params"] = [float(r["params"]) for r in plan]
+  out["naswot"] = [float(naswot.get(a, float("nan"))) for a in archs]
+  out["random"] = np.random.default_rng(12345).random(len(archs)).tolist()
+  return out
+
+
+def _number(x) -> float:
+  return float("nan") if x is None else float(x)
+
+
+def write(out_path, settings, plan, results, naswot, wall) -> dict:
+  stored = {}
+  if files.exists(out_path):
+    prev = files.read_json(out_path)
+    stored = {k: [_number(row["estimators"].get(k)) for row in prev["architectures"]]
+              for k in prev["architectures"][0]["estimators"]}
+  est = estimators(plan, stored, naswot)
+  summary = rq.summarize(plan, results, est)
+  gt = rq.ground_truth(plan, results)
+  rows = []
+  for i, r in enumerate(plan):
+    a = r["architecture"]
+    top1 = {str(s): v for s, v in gt.get(a, {}).items()}
+    mean = float(np.mean(list(top1.values()))) if top1 else None
+    rows.append({**r, "top1": top1, "top1_mean": mean,
+                 "estimators": {k: rq.json_number(v[i]) for k, v in est.items()}})
+  record = {"format": rq.FORMAT_VERSION, "settings": settings, "architectures": rows,
+            "jobs": results, "summary": summary, "wall_time_s": round(wall, 1)}
+  files.write_json(out_path, record, indent=1)
+  rq.plot(out_path.removesuffix(".json") + ".png", plan, results, est, summary)
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  parallel.maybe_initialize_distributed()
+  workdir, out_path = _WORKDIR.value, _OUT.value
+  files.makedirs(workdir)
+  utils.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
+  config = recipe(_CONFIG.value)
+  num_classes = int(classification.num_classes(config.data))
+  settings = {"num": _NUM.value, "two_seeds": _TWO.value, "madds_band": [float(x) for x in
+              _BAND.value], "sample_seed": _SEED.value, "metric": _METRIC.value,
+              "search": _SEARCH.value, "long_search": _LONG.value,
+              "recipe": config.to_dict()}
+  prev = files.read_json(out_path) if files.exists(out_path) else None
+  if prev is not None:  # Resume: the stored plan and every finished training.
+    plan = [{k: r[k] for k in ("architecture", "group", "seeds", "madds", "params")}
+            for r in prev["architectures"]]
+    results, wall = dict(prev["jobs"]), float(prev.get("wall_time_s", 0.0))
+    naswot = {r["architecture"]: _number(r["estimators"].get("naswot"))
+              for r in prev["architectures"] if r["estimators"].get("naswot") is not None}
+    if prev["settings"]["recipe"] != settings["recipe"]:
+      raise rq.BenchmarkError(f"{out_path} was made with another recipe; pass the same "
+                              "--config and overrides, or another --out.")
+    print(f"resuming {out_path}: {len(plan)} architectures, {len(results)} trainings done")
+  else:
+    if not _SEARCH.value:
+      raise rq.BenchmarkError("--search (the judged main job's workdir) is needed to plan.")
+    pop = retrained_population(config, _SEARCH.value, num_classes)
+    plan = rq.sample(pop, _NUM.value, _TWO.value, _SEED.value,
+                     tuple(float(x) for x in _BAND.value))
+    results, wall, naswot = {}, 0.0, {}
+    print(f"planned {len(plan)} architectures ({len(rq.jobs(plan))} trainings) of "
+          f"{len(pop):,}, MAdds {min(r['madds'] for r in plan) / 1e6:.2f}-"
+          f"{max(r['madds'] for r in plan) / 1e6:.2f}M")
+  start = time.perf_counter()
+
+  def elapsed():
+    return wall + time.perf_counter() - start
+
+  naswot = naswot_values(config, plan, naswot, num_classes)
+  summary = write(out_path, settings, plan, results, naswot, elapsed())
+  if not _SUMMARY_ONLY.value:
+    rq.run_jobs(plan, results, train_fn(config, workdir),
+                lambda res: write(out_path, settings, plan, res, naswot, elapsed()))
+    summary = write(out_path, settings, plan, results, naswot, elapsed())
+  print("\n" + rq.format_summary(summary))
+  print(f"\nwrote {out_path} and its .png; benchmark wall time so far {elapsed() / 60:.1f} min")
+
+
+if __name__ == "__main__":
+  app.run(main)

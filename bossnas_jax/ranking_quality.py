@@ -1,0 +1,308 @@
+"""Does the search rank networks well? Ground truth by retraining a sample, against estimators.
+
+The protocol of `benchmarks/ranking_quality.py` (its docstring has the command):
+
+1. **Sample** (`sample`): architectures of the judged search's space whose retrained network lies in
+   a moderate MAdds band (the middle quantiles of all architectures), so that cost alone cannot
+   explain accuracy; half uniformly at random from the band, half spread evenly over the band's
+   range of BossNAS scores. Some get a second training seed, to measure the ground truth's noise.
+2. **Ground truth** (`run_jobs`): every (architecture, seed) retrained from scratch with one fixed
+   recipe; each result is stored the moment it finishes, so an interrupted benchmark never
+   retrains a finished one (and a retraining killed midway resumes from its own checkpoint).
+3. **Estimators** (`rank_file_estimators`, `cost_estimators`, NASWOT from `proxies`, random),
+   each oriented so that higher means "predicted better", and **summary** (`summarize`): per
+   estimator Kendall tau-b and Spearman rho against the mean ground truth, a bootstrap interval
+   for tau, and the ground truth of the network it ranks best; the tau between the two seeds is
+   the ceiling any estimator can reach.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from bossnas_jax import files, ranking
+from bossnas_jax import ratings as rt
+from bossnas_jax import search as sr
+from bossnas_jax import search_space as ss
+
+FORMAT_VERSION = 1
+
+
+class BenchmarkError(ValueError):
+  """Bad benchmark settings, or stored results that belong to another plan."""
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Sample.
+
+
+def sample(pop: ranking.Population, num: int, two_seeds: int, seed: int = 0,
+           band: tuple[float, float] = (0.3, 0.7)) -> list[dict]:
+  """`num` distinct architectures within the MAdds quantile `band` of `pop` (whose costs are the
+  retrained network's): half uniformly at random, half nearest to evenly spaced score values over
+  the band's score range. The first `two_seeds` rows (half of each kind) get seeds (0, 1)."""
+  if num < 4 or not 0 <= two_seeds <= num:
+    raise BenchmarkError(f"num={num} must be >= 4 and 0 <= two_seeds={two_seeds} <= num.")
+  lo, hi = np.quantile(pop.madds, band)
+  idx = np.flatnonzero((pop.madds >= lo) & (pop.madds <= hi))
+  if len(idx) < 2 * num:
+    raise BenchmarkError(f"only {len(idx)} architectures in the MAdds band {band}; widen it.")
+  rng = np.random.default_rng(seed)
+  n_random = num // 2
+  random_rows = [int(i) for i in rng.choice(idx, n_random, replace=False)]
+  chosen = set(random_rows)
+  scores = pop.scores[idx]
+  spread_rows = []
+  for target in np.linspace(scores.min(), scores.max(), num - n_random):
+    for j in np.argsort(np.abs(scores - target), kind="stable"):
+      if int(idx[j]) not in chosen:
+        chosen.add(int(idx[j]))
+        spread_rows.append(int(idx[j]))
+        break
+  # Two seeds for half of each kind: the first random draws, and spread rows evenly over scores.
+  k_r = two_seeds // 2
+  k_s = two_seeds - k_r
+  spread_two = set(np.linspace(0, len(spread_rows) - 1, k_s).round().astype(int).tolist()
+                   if k_s else [])
+  rows = ([(r, "random", i < k_r) for i, r in enumerate(random_rows)]
+          + [(r, "score_spread", i in spread_two) for i, r in enumerate(spread_rows)])
+  # Architectures with two seeds first, so the noise ceiling is known early.
+  rows.sort(key=lambda t: not t[2])
+  return [{"architecture": str(pop.architecture(r)), "group": g, "seeds": [0, 1] if two else [0],
+           "madds": int(pop.madds[r]), "params": int(pop.params[r])} for r, g, two in rows]
+
+
+def jobs(plan: Sequence[dict]) -> list[tuple[str, int]]:
+  """(architecture, seed) in training order: both seeds of an architecture one after the other."""
+  return [(row["architecture"], s) for row in plan for s in row["seeds"]]
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Ground truth.
+
+
+def job_key(arch: str, seed: int) -> str:
+  return f"{arch}_s{seed}"
+
+
+def run_jobs(plan: Sequence[dict], results: dict[str, dict],
+             train: Callable[[str, int], dict], on_result: Callable[[dict[str, dict]], None],
+             log: Callable[[str], None] = print) -> dict[str, dict]:
+  """Trains every job of `plan` not yet in `results` (keyed by `job_key`), in order; after each,
+  adds its result and calls `on_result(results)` (which stores them). `train(arch, seed)` returns
+  a dict with at least 'top1'."""
+  todo = [j for j in jobs(plan) if job_key(*j) not in results]
+  total = len(jobs(plan))
+  log(f"ground truth: {total - len(todo)} of {total} trainings done, {len(todo)} to go")
+  started = time.perf_counter()
+  for k, (arch, seed) in enumerate(todo):
+    t0 = time.perf_counter()
+    out = dict(train(arch, seed))
+    out.update(architecture=arch, seed=seed, seconds=round(time.perf_counter() - t0, 1))
+    results[job_key(arch, seed)] = out
+    on_result(results)
+    per_job = (time.perf_counter() - started) / (k + 1)
+    log(f"[{total - len(todo) + k + 1}/{total}] {arch} seed {seed}: top-1 {out['top1']:.2f}% in "
+        f"{out['seconds']:.0f} s; about {per_job * (len(todo) - k - 1) / 60:.0f} min left")
+  return results
+
+
+def ground_truth(plan: Sequence[dict], results: Mapping[str, dict]) -> dict[str, dict[int, float]]:
+  """{architecture: {seed: top-1}} of the finished jobs."""
+  out: dict[str, dict[int, float]] = {}
+  for row in plan:
+    for s in row["seeds"]:
+      r = results.get(job_key(row["architecture"], s))
+      if r is not None:
+        out.setdefault(row["architecture"], {})[s] = float(r["top1"])
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Estimators (higher = predicted better).
+
+
+def _history_scores(workdir: str, which: str) -> dict[tuple[int, int], rt.Scores]:
+  """Scores of every (block, input scale) from ratings/history: the 'first' or 'last' rating."""
+  folder = os.path.join(rt.ratings_dir(workdir), "history")
+  found: dict[tuple[int, int], tuple[int, str]] = {}
+  for name in files.listdir(folder):
+    stem, _, epoch = name.removesuffix(".json").rpartition("_epoch")
+    if not stem.startswith("block") or not epoch.isdigit():
+      continue
+    b, s = stem.removeprefix("block").split("_in")
+    key = (int(b), ss.SCALE_NAMES.index(s))
+    e = int(epoch)
+    if key not in found or (e < found[key][0]) == (which == "first"):
+      found[key] = (e, name)
+  if not found:
+    raise BenchmarkError(f"{folder} holds no rating history; is {workdir} a main job's workdir?")
+  return {k: rt.read_rank_file(os.path.join(folder, n)).scores for k, (_, n) in found.items()}
+
+
+def normalize_scores(scores: Mapping[tuple[int, int], rt.Scores], how: str
+                     ) -> dict[tuple[int, int], rt.Scores]:
+  """Scores made comparable across (block, input scale) rank files: 'zscore' (minus the file's
+  mean, over its standard deviation) or 'rank' (average rank in the file over its length, 0..1),
+  or unchanged ('none')."""
+  if how == "none":
+    return {k: dict(v) for k, v in scores.items()}
+  out = {}
+  for k, v in scores.items():
+    paths, vals = list(v), np.array(list(v.values()), np.float64)
+    if how == "zscore":
+      sd = vals.std()
+      z = (vals - vals.mean()) / sd if sd > 0 else np.zeros_like(vals)
+    elif how == "rank":
+      z = (ranking.average_ranks(vals) - 1) / max(len(vals) - 1, 1)
+    else:
+      raise BenchmarkError(f"normalisation {how!r}: expected 'none', 'zscore' or 'rank'.")
+    out[k] = dict(zip(paths, z.tolist()))
+  return out
+
+
+def _architecture_scores(scores: Mapping[tuple[int, int], rt.Scores],
+                         archs: Sequence[str]) -> list[float]:
+  out = []
+  for a in archs:
+    arch = ss.parse_architecture(a)
+    try:
+      out.append(sr.total_score(scores[(b, arch.input_scale(b))][tuple(p)]
+                                for b, p in enumerate(arch.paths)))
+    except KeyError:
+      out.append(float("nan"))
+  return out
+
+
+def rank_file_estimators(workdir: str, archs: Sequence[str], name: str = "bossnas"
+                         ) -> dict[str, list[float]]:
+  """BossNAS estimators of one main job: its final rating (the search's score), its first rating,
+  and the final rating normalised within each (block, input scale); negated (lower is better)."""
+  final = {k: rf.scores for k, rf in rt.read_rank_files(workdir).items()}
+  out = {name: final, f"{name}_first_rating": _history_scores(workdir, "first"),
+         f"{name}_zscore": normalize_scores(final, "zscore"),
+         f"{name}_rank_norm": normalize_scores(final, "rank")}
+  return {k: [-v for v in _architecture_scores(s, archs)] for k, s in out.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Summary.
+
+
+def best_pick(values: Sequence[float], truth: Sequence[float]) -> tuple[int, float]:
+  """(row, ground truth) of the network an estimator ranks best; among ties, their mean truth."""
+  v = np.asarray(values, np.float64)
+  top = np.flatnonzero(v == np.nanmax(v))
+  return int(top[0]), float(np.mean(np.asarray(truth)[top]))
+
+
+def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 2000,
+                seed: int = 0) -> dict:
+  v, t = np.asarray(values, np.float64), np.asarray(truth, np.float64)
+  ok = np.isfinite(v) & np.isfinite(t)
+  v, t = v[ok], t[ok]
+  if len(v) < 3:
+    return {"n": int(len(v))}
+  lo, hi = ranking.bootstrap_interval(v, t, samples=samples, seed=seed)
+  return {"n": int(len(v)), "kendall_tau": json_number(ranking.kendall_tau_b(v, t)),
+          "spearman_rho": json_number(ranking.spearman_rho(v, t)),
+          "kendall_tau_95": [json_number(lo), json_number(hi)]}
+
+
+def json_number(x: float) -> float | None:
+  """x, or None where JSON has no number (NaN: undefined, e.g. for a constant estimator)."""
+  return float(x) if math.isfinite(x) else None
+
+
+def summarize(plan: Sequence[dict], results: Mapping[str, dict],
+              estimators: Mapping[str, Sequence[float]], samples: int = 2000) -> dict:
+  """Noise ceiling and per-estimator correlations over the architectures with ground truth."""
+  gt = ground_truth(plan, results)
+  archs = [row["architecture"] for row in plan]
+  done = [i for i, a in enumerate(archs) if a in gt]
+  truth = [float(np.mean(list(gt[archs[i]].values()))) for i in done]
+  pairs = [(v[0], v[1]) for v in gt.values() if 0 in v and 1 in v]
+  out: dict = {"architectures_with_ground_truth": len(done),
+               "trainings": sum(map(len, gt.values())),
+               "ground_truth_top1": {"mean": float(np.mean(truth)) if truth else None,
+                                     "min": min(truth, default=None),
+                                     "max": max(truth, default=None)}}
+  if len(pairs) >= 3:
+    a, b = np.array(pairs).T
+    out["noise_ceiling"] = {**correlation(a, b, samples),
+                            "mean_abs_seed_difference": float(np.mean(np.abs(a - b)))}
+  table = {}
+  for name, values in estimators.items():
+    v = [values[i] for i in done]
+    row = correlation(v, truth, samples)
+    if row["n"] >= 3:
+      finite = [x if math.isfinite(x) else -math.inf for x in v]
+      i, acc = best_pick(finite, truth)
+      row.update(best_pick_architecture=archs[done[i]], best_pick_top1=acc)
+    table[name] = row
+  out["estimators"] = table
+  return out
+
+
+def format_summary(summary: dict) -> str:
+  lines = [f"{summary['architectures_with_ground_truth']} architectures with ground truth "
+           f"({summary['trainings']} trainings)"]
+  nc = summary.get("noise_ceiling")
+  if nc and "kendall_tau" in nc:
+    lines.append(f"noise ceiling (seed 0 vs seed 1, {nc['n']} architectures): tau "
+                 f"{nc['kendall_tau']:.3f} [{nc['kendall_tau_95'][0]:.2f}, "
+                 f"{nc['kendall_tau_95'][1]:.2f}], rho {nc['spearman_rho']:.3f}, mean |diff| "
+                 f"{nc['mean_abs_seed_difference']:.2f} points")
+  lines.append(f"{'estimator':<28} {'tau':>7} {'95% interval':>16} {'rho':>7} {'best pick':>10}")
+  for name, r in summary["estimators"].items():
+    if "kendall_tau" not in r:
+      lines.append(f"{name:<28} (fewer than 3 architectures)")
+      continue
+    if r["kendall_tau"] is None:
+      lines.append(f"{name:<28} (undefined: the estimator is constant)")
+      continue
+    lo, hi = r["kendall_tau_95"]
+    lines.append(f"{name:<28} {r['kendall_tau']:7.3f} {f'[{lo:.2f}, {hi:.2f}]':>16} "
+                 f"{r['spearman_rho']:7.3f} {r['best_pick_top1']:9.2f}%")
+  return "\n".join(lines)
+
+
+def plot(path: str, plan: Sequence[dict], results: Mapping[str, dict],
+         estimators: Mapping[str, Sequence[float]], summary: dict) -> str:
+  """One scatter per estimator: its value against the mean ground-truth top-1."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  gt = ground_truth(plan, results)
+  archs = [row["architecture"] for row in plan]
+  names = list(estimators)
+  cols = 3
+  rows = math.ceil(len(names) / cols)
+  fig = Figure(figsize=(4.2 * cols, 3.4 * rows), dpi=100)
+  FigureCanvasAgg(fig)
+  for k, name in enumerate(names):
+    ax = fig.add_subplot(rows, cols, k + 1)
+    pts = [(estimators[name][i], np.mean(list(gt[a].values())), plan[i]["group"])
+           for i, a in enumerate(archs) if a in gt and math.isfinite(estimators[name][i])]
+    for group, marker in (("random", "o"), ("score_spread", "^")):
+      xs = [p[0] for p in pts if p[2] == group]
+      ys = [p[1] for p in pts if p[2] == group]
+      ax.scatter(xs, ys, s=14, marker=marker, label=group.replace("_", " "))
+    r = summary["estimators"].get(name, {})
+    tau = f"tau {r['kendall_tau']:.2f}" if r.get("kendall_tau") is not None else ""
+    ax.set_title(f"{name}  {tau}", fontsize=9)
+    ax.set_xlabel("estimator (higher = predicted better)", fontsize=8)
+    ax.set_ylabel("top-1 (%)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if k == 0:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  import io
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  return files.write_bytes(path, buf.getvalue())

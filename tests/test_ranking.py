@@ -1,0 +1,135 @@
+"""Rating architectures from rank files (exact rank, percentile), launch/rate.py, correlations."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+from test_search import all_chains, write_synthetic_ratings
+
+from bossnas_jax import ranking
+from bossnas_jax import ratings as rt
+from bossnas_jax import search as sr
+from bossnas_jax import search_space as ss
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+
+
+def _write_run(workdir, seed=0, per_scale=None, quantum=None, skip=()):
+  """A finished run's rank files with random scores (rounded to `quantum` to make ties); the
+  (block, input scale) pairs in `skip` lose their file."""
+  score = None
+  if quantum:
+    score = lambda b, s, p, r: float(np.round(r.normal(-3.0, 0.2) / quantum) * quantum)  # noqa: E731
+  write_synthetic_ratings(str(workdir), seed=seed, per_scale=per_scale, score=score)
+  for b, s in skip:
+    os.remove(rt.rank_file_path(str(workdir), b, s))
+
+
+def test_exhaustive_choice_has_rank_1_in_the_whole_space(tmp_path):
+  _write_run(tmp_path, seed=1)
+  result, problem = sr.run_search(str(tmp_path), strategy="exhaustive", resolution=32)
+  chosen = str(result.architecture)
+  run, rated = ranking.rate(str(tmp_path), [chosen, ss.BOSSNET_T0], resolution=32)
+  assert len(run.population) == problem.num_architectures > 1_000_000
+  top, t0 = rated
+  assert top.rank == 1 and top.tied == 1 and top.score == result.chosen.score
+  assert top.percentile == pytest.approx(100.0 * (len(run.population) - 1) / len(run.population))
+  assert top.block_scores == result.chosen.block_scores
+  # T0's rank equals a direct count over the population.
+  assert t0.rank == 1 + int(np.sum(run.population.scores < t0.score))
+  assert t0.costs["true"].madds == sr.evaluate(problem, ss.BOSSNET_T0).cost.madds
+  assert set(t0.costs) == {"true", "official"}
+
+
+@pytest.mark.parametrize("quantum", [None, 0.05])
+def test_ranks_and_percentiles_equal_a_brute_force_count(tmp_path, quantum):
+  _write_run(tmp_path, seed=2, per_scale=4, quantum=quantum)
+  run = ranking.load_run(str(tmp_path), resolution=32)
+  chains = list(all_chains(run.population.problem))
+  assert len(chains) == len(run.population)
+  scores = np.array([sr.evaluate(run.population.problem, a).score for a in chains])
+  listed = {str(run.population.architecture(i)): run.population.scores[i]
+            for i in range(len(run.population))}
+  assert sorted(listed) == sorted(str(a) for a in chains)
+  if quantum:
+    assert len(np.unique(scores)) < len(scores)  # ties exist
+  for a, s in zip(chains[::7], scores[::7]):
+    r = ranking.rate_one(run, a)
+    assert listed[str(a)] == s == r.score
+    assert r.rank == 1 + int(np.sum(scores < s))
+    assert r.tied == int(np.sum(scores == s))
+    assert r.percentile == pytest.approx(100.0 * np.sum(scores > s) / len(scores))
+
+
+def test_errors_name_block_scale_or_position_and_the_rest_is_rated(tmp_path):
+  _write_run(tmp_path, seed=3, skip={(2, 0)})  # block 2 never rated from 7x7
+  good = "4444-3323-2222-3332"
+  from_7 = "4220-1111-0000-0000"  # block 2 takes input at 7x7
+  run, out = ranking.rate(str(tmp_path), [good, "5433-1230-0010-0000", from_7, "12"], 32)
+  assert run.population is None and "block2_in7.json" in run.missing
+  assert isinstance(out[0], ranking.Rating) and out[0].rank is None  # no exact rank, still rated
+  assert isinstance(out[1], ranking.RateError) and "position 2" in str(out[1])
+  assert isinstance(out[2], ranking.RateError)
+  assert "block 2" in str(out[2]) and "7x7" in str(out[2]) and "block2_in7.json" in str(out[2])
+  assert "rated only at input 14x14" in str(out[2])
+  assert isinstance(out[3], ranking.RateError) and "expected 4 paths" in str(out[3])
+  # A block with no rank file at all yet.
+  _write_run(tmp_path / "partial", seed=3, skip={(3, 0), (3, 1)})
+  _, (e,) = ranking.rate(str(tmp_path / "partial"), [good], 32)
+  assert "block 3 is not rated yet" in str(e)
+
+
+def test_launch_rate_prints_every_architecture_and_writes_json(tmp_path):
+  _write_run(tmp_path, seed=4)
+  result, _ = sr.run_search(str(tmp_path), strategy="exhaustive", resolution=32)
+  chosen = str(result.architecture)
+  listing = tmp_path / "archs.txt"
+  listing.write_text(f"# two architectures\n{ss.BOSSNET_T0}\n\n5433-1230-0010-0000\n")
+  out_json = tmp_path / "rated.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "rate.py"), "--workdir", str(tmp_path),
+       "--resolution", "32", chosen, "--archs", str(listing), "--json", str(out_json)],
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1, proc.stderr  # one architecture is malformed
+  lines = proc.stdout.splitlines()
+  row = next(line for line in lines if line.startswith(chosen))
+  assert f"1 of {result.num_architectures:,}" in row
+  assert any(line.startswith(ss.BOSSNET_T0) for line in lines)
+  assert any(line.startswith("error:") and "position 2" in line for line in lines)
+  record = json.loads(out_json.read_text())
+  assert [r.get("rank") for r in record["ratings"]][0] == 1
+  assert "error" in record["ratings"][2]
+  assert record["num_architectures"] == result.num_architectures
+  # An architecture.json as the list, and a workdir without ratings: one clear line, status 2.
+  arch_json = tmp_path / "architecture.json"
+  arch_json.write_text(json.dumps({"architecture": chosen}))
+  assert ranking.read_architecture_list(str(arch_json)) == [chosen]
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "rate.py"), "--workdir",
+       str(tmp_path / "nothing"), chosen], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+  assert "does not exist" in proc.stderr
+
+
+def test_correlations_equal_scipy_with_ties():
+  rng = np.random.default_rng(0)
+  for n in (5, 12, 40):
+    x = rng.integers(0, 6, n).astype(float)  # many ties
+    y = x + rng.integers(-3, 4, n)
+    assert ranking.kendall_tau_b(x, y) == pytest.approx(
+        scipy.stats.kendalltau(x, y, variant="b").statistic, abs=1e-12)
+    assert ranking.spearman_rho(x, y) == pytest.approx(
+        scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
+  # Hand-computed: pairs (1,2),(1,3),(2,3) of x=[1,2,3], y=[1,3,2] -> C=2, D=1 -> tau 1/3.
+  assert ranking.kendall_tau_b([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+  assert ranking.average_ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+  x = np.arange(30.0)
+  y = x + rng.normal(0, 3, 30)
+  lo, hi = ranking.bootstrap_interval(x, y, samples=300)
+  assert 0.5 < lo < ranking.kendall_tau_b(x, y) < hi <= 1.0
+  assert (lo, hi) == ranking.bootstrap_interval(x, y, samples=300)  # seeded
+  assert ranking.bootstrap_interval(x, y, samples=300, seed=1) != (lo, hi)

@@ -1,0 +1,159 @@
+"""The ranking benchmark's sampling, resume, estimators and summary (no real retraining here), and
+the NASWOT proxy on a tiny BossNet."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from test_ranking import _write_run
+
+from bossnas_jax import proxies, ranking
+from bossnas_jax import ranking_quality as rq
+from bossnas_jax import ratings as rt
+from bossnas_jax import search as sr
+from bossnas_jax import search_space as ss
+from bossnas_jax.models import bossnet_spec as bs
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+  d = tmp_path_factory.mktemp("run")
+  _write_run(d, seed=5)
+  problem = sr.build_problem(rt.read_ratings(str(d)), 32, num_classes=10,
+                             width_multiplier=1 / 16, dim_head=8)
+  return ranking.enumerate_architectures(problem)
+
+
+def test_sample_is_distinct_in_band_half_spread_and_two_seeds_first(population):
+  plan = rq.sample(population, 12, 4, seed=0, band=(0.3, 0.7))
+  assert plan == rq.sample(population, 12, 4, seed=0, band=(0.3, 0.7))
+  assert plan != rq.sample(population, 12, 4, seed=1, band=(0.3, 0.7))
+  archs = [r["architecture"] for r in plan]
+  assert len(set(archs)) == 12
+  lo, hi = np.quantile(population.madds, (0.3, 0.7))
+  assert all(lo <= r["madds"] <= hi for r in plan)
+  assert [r["group"] for r in plan].count("random") == 6
+  assert [len(r["seeds"]) for r in plan] == [2] * 4 + [1] * 8
+  assert {r["group"] for r in plan[:4]} == {"random", "score_spread"}
+  # The spread half covers the band's score range, from (nearly) its best to its worst.
+  index = {str(population.architecture(i)): i for i in range(len(population))
+           if lo <= population.madds[i] <= hi}
+  band_scores = population.scores[list(index.values())]
+  spread = sorted(population.scores[index[r["architecture"]]] for r in plan
+                  if r["group"] == "score_spread")
+  width = band_scores.max() - band_scores.min()
+  assert spread[0] - band_scores.min() < 0.05 * width
+  assert band_scores.max() - spread[-1] < 0.05 * width
+  assert rq.jobs(plan)[:2] == [(archs[0], 0), (archs[0], 1)]
+  with pytest.raises(rq.BenchmarkError, match="two_seeds"):
+    rq.sample(population, 8, 9)
+
+
+def _fake_train(log):
+  """Deterministic stand-in for a retraining (top-1 from the architecture's digits and the
+  seed); records every call so a test sees what was trained."""
+  def train(arch, seed):
+    log.append((arch, seed))
+    return {"top1": 50 + sum(map(int, arch.replace("-", ""))) / 10 + 0.3 * seed}
+  return train
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_an_interrupted_benchmark_never_retrains_a_finished_architecture(population, tmp_path):
+  plan = rq.sample(population, 8, 3, seed=2)
+  store = tmp_path / "results.json"
+
+  def save(results):
+    store.write_text(json.dumps(results))
+
+  calls: list = []
+  train = _fake_train(calls)
+
+  def dies_after_4(arch, seed):
+    if len(calls) == 4:
+      raise _Killed
+    return train(arch, seed)
+
+  with pytest.raises(_Killed):
+    rq.run_jobs(plan, {}, dies_after_4, save, log=lambda _: None)
+  assert len(json.loads(store.read_text())) == 4
+  resumed = rq.run_jobs(plan, json.loads(store.read_text()), train, save, log=lambda _: None)
+  assert len(calls) == len(rq.jobs(plan)) == 11 and len(set(calls)) == 11  # none twice
+  fresh_calls: list = []
+  fresh = rq.run_jobs(plan, {}, _fake_train(fresh_calls), lambda r: None, log=lambda _: None)
+  strip = lambda r: {k: {f: v for f, v in row.items() if f != "seconds"} for k, row in r.items()}  # noqa: E731
+  assert strip(resumed) == strip(fresh) == strip(json.loads(store.read_text()))
+  gt = rq.ground_truth(plan, resumed)
+  assert sum(len(v) for v in gt.values()) == 11 and all(len(gt[r["architecture"]]) ==
+                                                         len(r["seeds"]) for r in plan)
+
+
+def test_summary_ceiling_correlations_and_best_pick(population):
+  plan = rq.sample(population, 10, 4, seed=3)
+  results = rq.run_jobs(plan, {}, _fake_train([]), lambda r: None, log=lambda _: None)
+  truth = [np.mean(list(rq.ground_truth(plan, results)[r["architecture"]].values()))
+           for r in plan]
+  est = {"oracle": list(truth), "reversed": [-t for t in truth],
+         "constant": [1.0] * len(plan), "half": [truth[i] if i < 5 else np.nan
+                                                 for i in range(len(plan))]}
+  s = rq.summarize(plan, results, est, samples=200)
+  assert s["architectures_with_ground_truth"] == 10 and s["trainings"] == 14
+  assert s["noise_ceiling"]["kendall_tau"] == pytest.approx(1.0)  # seed 1 = seed 0 + 0.3
+  assert s["noise_ceiling"]["mean_abs_seed_difference"] == pytest.approx(0.3)
+  o = s["estimators"]["oracle"]
+  assert o["kendall_tau"] == pytest.approx(1.0) and o["spearman_rho"] == pytest.approx(1.0)
+  assert o["best_pick_top1"] == pytest.approx(max(truth))
+  assert s["estimators"]["reversed"]["kendall_tau"] == pytest.approx(-1.0)
+  assert s["estimators"]["reversed"]["best_pick_top1"] == pytest.approx(min(truth))
+  assert s["estimators"]["constant"]["best_pick_top1"] == pytest.approx(np.mean(truth))
+  assert s["estimators"]["constant"]["kendall_tau"] is None
+  assert s["estimators"]["half"]["n"] == 5
+  assert "oracle" in rq.format_summary(s) and "noise ceiling" in rq.format_summary(s)
+
+
+def test_normalised_and_first_rating_estimators(tmp_path):
+  _write_run(tmp_path, seed=6)
+  final = rt.read_ratings(str(tmp_path))
+  history = tmp_path / "ratings" / "history"
+  history.mkdir()
+  for (b, s), rf in rt.read_rank_files(str(tmp_path)).items():
+    for epoch, shift in ((1, 1.0), (2, 0.0)):
+      rt.write_rank_file(str(tmp_path / "h"), b, s, rf.prefix,
+                         {p: v + shift * (b + 1) for p, v in rf.scores.items()})
+      os.replace(rt.rank_file_path(str(tmp_path / "h"), b, s),
+                 history / rt.rank_file_name(b, s).replace(".json", f"_epoch{epoch}.json"))
+  archs = ["4444-3323-2222-3332", ss.BOSSNET_T0]
+  est = rq.rank_file_estimators(str(tmp_path), archs)
+  problem = sr.build_problem(final, 32)
+  assert est["bossnas"] == [-sr.evaluate(problem, a).score for a in archs]
+  assert est["bossnas_first_rating"] == pytest.approx([v - 10.0 for v in est["bossnas"]])
+  z = rq.normalize_scores(final, "zscore")
+  for v in z.values():
+    vals = np.array(list(v.values()))
+    assert abs(vals.mean()) < 1e-9 and vals.std() == pytest.approx(1.0)
+  r = rq.normalize_scores(final, "rank")
+  for k, v in r.items():
+    best = min(final[k], key=final[k].get)
+    assert v[best] == 0.0 and max(v.values()) == 1.0
+  assert est["bossnas_zscore"][0] == pytest.approx(-sum(
+      z[(b, ss.parse_architecture(archs[0]).input_scale(b))][p]
+      for b, p in enumerate(ss.parse_architecture(archs[0]).paths)))
+
+
+def test_naswot_on_a_tiny_bossnet():
+  config = bs.config_from_architecture("4444-3323-2222-3332", width_multiplier=1 / 16,
+                                       dim_head=8, num_classes=10, empty_stage_stride="stage",
+                                       drop_path_rate=0.05)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+  a = proxies.naswot_score(config, images)
+  assert np.isfinite(a) and a == proxies.naswot_score(config, images)
+  # 16 images: the kernel is 16x16 with entries up to the number of units, so log|K| is bounded
+  # by 16 log(units); two equal images make it singular.
+  assert 0 < a < 16 * np.log(1e6)
+  same = np.concatenate([images[:8], images[:8]])
+  assert proxies.naswot_score(config, same) == -np.inf
