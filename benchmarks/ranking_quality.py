@@ -91,6 +91,9 @@ def naswot_values(config, plan, cache: dict, num_classes: int) -> dict:
   batch = next(classification.eval_iterator(config.data, split=split,
                                             resolution=int(config.model.resolution),
                                             global_batch_size=_PROXY_IMAGES.value))
+  if not np.all(batch["valid"]):  # Padding images are equal: every kernel would be singular.
+    raise rq.BenchmarkError(f"{config.data.name}:{split} has fewer than --proxy_images="
+                            f"{_PROXY_IMAGES.value} images; lower --proxy_images.")
   images = np.asarray(batch["image"])
   for k, arch in enumerate(missing):
     c = config.copy_and_resolve_references()
@@ -102,14 +105,17 @@ def naswot_values(config, plan, cache: dict, num_classes: int) -> dict:
   return cache
 
 
-def estimators(plan, stored: dict, naswot: dict) -> dict[str, list[float]]:
+def estimators(plan, settings: dict, stored: dict, naswot: dict) -> dict[str, list[float]]:
   archs = [r["architecture"] for r in plan]
   out: dict[str, list[float]] = {}
-  for name, workdir in (("bossnas", _SEARCH.value), ("bossnas_long", _LONG.value)):
+  for name in ("bossnas", "bossnas_long"):
+    workdir = settings.get("search" if name == "bossnas" else "long_search")
+    names = (name, f"{name}_first_rating", f"{name}_zscore", f"{name}_rank_norm")
     if workdir and files.isdir(workdir):
       out.update(rq.rank_file_estimators(workdir, archs, name))
-    else:  # Judged earlier on another machine: keep the stored values.
-      out.update({k: v for k, v in stored.items() if k.startswith(name + "_") or k == name})
+    elif any(k in stored for k in names):  # Judged earlier, on another machine.
+      print(f"{workdir or name}: not here; keeping the stored {name} estimators")
+      out.update({k: stored[k] for k in names if k in stored})
   out["madds"] = [float(r["madds"]) for r in plan]
   out["params"] = [float(r["params"]) for r in plan]
   out["naswot"] = [float(naswot.get(a, float("nan"))) for a in archs]
@@ -121,13 +127,8 @@ def _number(x) -> float:
   return float("nan") if x is None else float(x)
 
 
-def write(out_path, settings, plan, results, naswot, wall) -> dict:
-  stored = {}
-  if files.exists(out_path):
-    prev = files.read_json(out_path)
-    stored = {k: [_number(row["estimators"].get(k)) for row in prev["architectures"]]
-              for k in prev["architectures"][0]["estimators"]}
-  est = estimators(plan, stored, naswot)
+def write(out_path, settings, plan, results, naswot, wall, stored) -> dict:
+  est = estimators(plan, settings, stored, naswot)
   summary = rq.summarize(plan, results, est)
   gt = rq.ground_truth(plan, results)
   rows = []
@@ -150,24 +151,30 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   parallel.maybe_initialize_distributed()
   workdir, out_path = _WORKDIR.value, _OUT.value
+  for flag in (_SEARCH, _LONG):
+    if flag.value and not files.isdir(flag.value):
+      raise rq.BenchmarkError(f"--{flag.name} {flag.value} does not exist; pass the workdir of a "
+                              "finished main job (launch/train_blocks.py).")
   files.makedirs(workdir)
   utils.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
   config = recipe(_CONFIG.value)
   num_classes = int(classification.num_classes(config.data))
   settings = {"num": _NUM.value, "two_seeds": _TWO.value, "madds_band": [float(x) for x in
               _BAND.value], "sample_seed": _SEED.value, "metric": _METRIC.value,
-              "search": _SEARCH.value, "long_search": _LONG.value,
-              "recipe": config.to_dict()}
+              "proxy_images": _PROXY_IMAGES.value, "naswot_version": rq.NASWOT_VERSION,
+              "search": _SEARCH.value, "long_search": _LONG.value, "recipe": config.to_dict()}
   prev = files.read_json(out_path) if files.exists(out_path) else None
+  stored, naswot = {}, {}
   if prev is not None:  # Resume: the stored plan and every finished training.
+    settings = rq.resume_settings(prev["settings"], settings)
     plan = [{k: r[k] for k in ("architecture", "group", "seeds", "madds", "params")}
             for r in prev["architectures"]]
     results, wall = dict(prev["jobs"]), float(prev.get("wall_time_s", 0.0))
-    naswot = {r["architecture"]: _number(r["estimators"].get("naswot"))
-              for r in prev["architectures"] if r["estimators"].get("naswot") is not None}
-    if prev["settings"]["recipe"] != settings["recipe"]:
-      raise rq.BenchmarkError(f"{out_path} was made with another recipe; pass the same "
-                              "--config and overrides, or another --out.")
+    stored = {k: [_number(row["estimators"].get(k)) for row in prev["architectures"]]
+              for k in prev["architectures"][0]["estimators"]}
+    if prev["settings"].get("naswot_version") == rq.NASWOT_VERSION:
+      naswot = {a: v for a, v in zip([r["architecture"] for r in plan], stored.get("naswot", []))
+                if not np.isnan(v)}
     print(f"resuming {out_path}: {len(plan)} architectures, {len(results)} trainings done")
   else:
     if not _SEARCH.value:
@@ -175,23 +182,24 @@ def main(argv):
     pop = retrained_population(config, _SEARCH.value, num_classes)
     plan = rq.sample(pop, _NUM.value, _TWO.value, _SEED.value,
                      tuple(float(x) for x in _BAND.value))
-    results, wall, naswot = {}, 0.0, {}
+    results, wall = {}, 0.0
     print(f"planned {len(plan)} architectures ({len(rq.jobs(plan))} trainings) of "
           f"{len(pop):,}, MAdds {min(r['madds'] for r in plan) / 1e6:.2f}-"
           f"{max(r['madds'] for r in plan) / 1e6:.2f}M")
   start = time.perf_counter()
 
-  def elapsed():
-    return wall + time.perf_counter() - start
+  def save(res):
+    return write(out_path, settings, plan, res, naswot, wall + time.perf_counter() - start,
+                 stored)
 
   naswot = naswot_values(config, plan, naswot, num_classes)
-  summary = write(out_path, settings, plan, results, naswot, elapsed())
+  summary = save(results)
   if not _SUMMARY_ONLY.value:
-    rq.run_jobs(plan, results, train_fn(config, workdir),
-                lambda res: write(out_path, settings, plan, res, naswot, elapsed()))
-    summary = write(out_path, settings, plan, results, naswot, elapsed())
+    rq.run_jobs(plan, results, train_fn(config, workdir), save)
+    summary = save(results)
   print("\n" + rq.format_summary(summary))
-  print(f"\nwrote {out_path} and its .png; benchmark wall time so far {elapsed() / 60:.1f} min")
+  print(f"\nwrote {out_path} and its .png; benchmark wall time so far "
+        f"{(wall + time.perf_counter() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

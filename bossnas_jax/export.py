@@ -261,7 +261,8 @@ def plot_pareto(path: str, result: sr.SearchResult, problem: sr.Problem,
                label=f"official greedy rule: {greedy.architecture}")
   ax.set_xlabel(f"MAdds of the BossNet (G, {st.convention} convention, {st.resolution}x"
                 f"{st.resolution})")
-  ax.set_ylabel("score: sum of block scores (lower is better)")
+  ax.set_ylabel("score: sum of block scores (lower is better)" if st.normalize == "none" else
+                f"score: sum of {st.normalize}-normalised block scores (lower is better)")
   ax.set_title(f"Search over {result.num_architectures:,} rated architectures")
   ax.grid(alpha=0.3)
   legend = ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
@@ -347,7 +348,8 @@ def summarize(result: sr.SearchResult, costs: dict[str, cost.Cost],
   t, o = costs["true"], costs["official"]
   opt = result.optimum
   lines = [
-      f"search: strategy {st.strategy}, budget {st.describe_budget()}; "
+      f"search: strategy {st.strategy}, budget {st.describe_budget()}"
+      + ("" if st.normalize == "none" else f", block scores {st.normalize}-normalised") + "; "
       f"{result.num_architectures:,} rated architectures, {result.evaluated:,} scored",
       f"chosen: {arch}  score {c.score:.4f} (blocks "
       + ", ".join(f"{v:.4f}" for v in c.block_scores) + ")",

@@ -126,22 +126,27 @@ class RatedRun:
   resolution: int
   population: Population | None
   missing: str  # why there is no population ('' when there is one)
+  normalize: str = "none"  # the scores' normalisation (search.normalize_scores)
 
 
-def load_run(workdir: str, resolution: int | None = None) -> RatedRun:
+def load_run(workdir: str, resolution: int | None = None, normalize: str | None = None
+             ) -> RatedRun:
   """Reads the rank files of `workdir`; the whole population when every reachable (block, input
-  scale) is rated. `resolution` defaults to the run's `search.resolution` (config.json), or 224."""
+  scale) is rated. `resolution` and `normalize` default to the run's `search` settings
+  (config.json), else 224 and 'none'."""
   rank_files = rt.read_rank_files(workdir)
-  if resolution is None:
-    cfg_path = os.path.join(workdir, "config.json")
-    cfg = files.read_json(cfg_path) if files.exists(cfg_path) else {}
-    resolution = int(cfg.get("search", {}).get("resolution", 224))
-  scores = {k: rf.scores for k, rf in rank_files.items()}
+  cfg_path = os.path.join(workdir, "config.json")
+  saved = (files.read_json(cfg_path) if files.exists(cfg_path) else {}).get("search", {})
+  resolution = int(saved.get("resolution", 224)) if resolution is None else resolution
+  normalize = (saved.get("normalize") or "none") if normalize is None else normalize
+  scores = sr.normalize_scores({k: rf.scores for k, rf in rank_files.items()}, normalize)
+  rank_files = {k: dataclasses.replace(rf, scores=scores[k]) for k, rf in rank_files.items()}
   try:
     problem = sr.build_problem(scores, resolution, workdir=workdir)
   except sr.SearchError as e:
-    return RatedRun(workdir, rank_files, resolution, None, str(e))
-  return RatedRun(workdir, rank_files, resolution, enumerate_architectures(problem), "")
+    return RatedRun(workdir, rank_files, resolution, None, str(e), normalize)
+  return RatedRun(workdir, rank_files, resolution, enumerate_architectures(problem), "",
+                  normalize)
 
 
 def rate_one(run: RatedRun, arch: ss.Architecture | str) -> Rating:
@@ -178,10 +183,10 @@ def rate_one(run: RatedRun, arch: ss.Architecture | str) -> Rating:
                 costs, run.resolution)
 
 
-def rate(workdir: str, archs: Sequence[ss.Architecture | str], resolution: int | None = None
-         ) -> tuple[RatedRun, list[Rating | RateError]]:
+def rate(workdir: str, archs: Sequence[ss.Architecture | str], resolution: int | None = None,
+         normalize: str | None = None) -> tuple[RatedRun, list[Rating | RateError]]:
   """Rates every architecture; one that cannot be rated gives its RateError in its place."""
-  run = load_run(workdir, resolution)
+  run = load_run(workdir, resolution, normalize)
   out: list[Rating | RateError] = []
   for a in archs:
     try:
@@ -219,7 +224,8 @@ def read_architecture_list(path: str) -> list[str]:
 
 def format_table(run: RatedRun, results: Sequence[Rating | RateError]) -> str:
   pop = run.population
-  head = (f"{run.workdir}: {len(run.rank_files)} rank files; "
+  norm = "" if run.normalize == "none" else f" ({run.normalize}-normalised per rank file)"
+  head = (f"{run.workdir}: {len(run.rank_files)} rank files{norm}; "
           + (f"{len(pop):,} rated architectures" if pop is not None
              else "no exact ranks (" + run.missing.split(". ")[0] + ")")
           + f"; costs of the full-width BossNet at {run.resolution}x{run.resolution} "
@@ -248,11 +254,18 @@ def _pair_signs(v: np.ndarray) -> np.ndarray:
   return np.sign(v[:, None] - v[None, :])
 
 
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-  """Kendall's tau-b: (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y))."""
+def _vectors(name: str, x, y) -> tuple[np.ndarray, np.ndarray]:
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   if x.shape != y.shape or x.ndim != 1:
-    raise ValueError(f"kendall_tau_b: two equal-length vectors expected, got {x.shape}, {y.shape}")
+    raise ValueError(f"{name}: two equal-length vectors expected, got {x.shape}, {y.shape}")
+  if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+    raise ValueError(f"{name}: NaN or infinite values; drop or replace them first.")
+  return x, y
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+  """Kendall's tau-b: (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y))."""
+  x, y = _vectors("kendall_tau_b", x, y)
   sx, sy = _pair_signs(x), _pair_signs(y)
   iu = np.triu_indices(len(x), 1)
   sx, sy = sx[iu], sy[iu]
@@ -278,6 +291,7 @@ def average_ranks(v: Sequence[float]) -> np.ndarray:
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
   """Pearson correlation of the average ranks."""
+  x, y = _vectors("spearman_rho", x, y)
   rx, ry = average_ranks(x), average_ranks(y)
   rx, ry = rx - rx.mean(), ry - ry.mean()
   denom = math.sqrt(float(np.sum(rx * rx) * np.sum(ry * ry)))

@@ -18,8 +18,10 @@ The protocol of `benchmarks/ranking_quality.py` (its docstring has the command):
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -31,6 +33,12 @@ from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
 
 FORMAT_VERSION = 1
+# Bumped whenever proxies.naswot changes what it computes: stored values of another version are
+# recomputed on resume.
+NASWOT_VERSION = 2
+# Settings whose change would mix incomparable results into one table.
+_FIXED_SETTINGS = ("recipe", "metric", "num", "two_seeds", "madds_band", "sample_seed",
+                   "proxy_images")
 
 
 class BenchmarkError(ValueError):
@@ -48,6 +56,8 @@ def sample(pop: ranking.Population, num: int, two_seeds: int, seed: int = 0,
   the band's score range. The first `two_seeds` rows (half of each kind) get seeds (0, 1)."""
   if num < 4 or not 0 <= two_seeds <= num:
     raise BenchmarkError(f"num={num} must be >= 4 and 0 <= two_seeds={two_seeds} <= num.")
+  if not 0 <= band[0] < band[1] <= 1:
+    raise BenchmarkError(f"MAdds band {band}: two quantiles 0 <= low < high <= 1 expected.")
   lo, hi = np.quantile(pop.madds, band)
   idx = np.flatnonzero((pop.madds >= lo) & (pop.madds <= hi))
   if len(idx) < 2 * num:
@@ -75,6 +85,32 @@ def sample(pop: ranking.Population, num: int, two_seeds: int, seed: int = 0,
   rows.sort(key=lambda t: not t[2])
   return [{"architecture": str(pop.architecture(r)), "group": g, "seeds": [0, 1] if two else [0],
            "madds": int(pop.madds[r]), "params": int(pop.params[r])} for r, g, two in rows]
+
+
+def resume_settings(prev: dict, settings: dict) -> dict:
+  """The settings to continue a stored benchmark with: an error if a setting that shapes the
+  results changed (the recipe, the ground-truth metric, the sample), else the stored ones with
+  any search workdir given now filled in. JSON turns tuples into lists, so both sides are compared
+  after a JSON round trip."""
+  old, new = (json.loads(json.dumps(x)) for x in (prev, settings))
+  for k in _FIXED_SETTINGS:
+    if old.get(k) != new.get(k):
+      raise BenchmarkError(
+          f"the stored benchmark was made with another {k} ({_short(old.get(k))} there, "
+          f"{_short(new.get(k))} now); rerun with the same flags and config, or pass another "
+          "--out for a new benchmark.")
+  for k in ("search", "long_search"):
+    if old.get(k) and new.get(k) and os.path.normpath(old[k]) != os.path.normpath(new[k]):
+      raise BenchmarkError(
+          f"--{k} {new[k]} differs from the stored {old[k]}: its scores would be judged against "
+          "a sample planned from another search; pass the same workdir, or another --out.")
+    old[k] = new.get(k) or old.get(k)
+  return {**new, **old, "naswot_version": new.get("naswot_version")}
+
+
+def _short(x) -> str:
+  text = repr(x)
+  return text if len(text) < 60 else text[:57] + "..."
 
 
 def jobs(plan: Sequence[dict]) -> list[tuple[str, int]]:
@@ -127,43 +163,24 @@ def ground_truth(plan: Sequence[dict], results: Mapping[str, dict]) -> dict[str,
 # 3. Estimators (higher = predicted better).
 
 
+_HISTORY_NAME = re.compile(r"^block(\d+)_in(\d+)_epoch(\d+)\.json$")
+
+
 def _history_scores(workdir: str, which: str) -> dict[tuple[int, int], rt.Scores]:
   """Scores of every (block, input scale) from ratings/history: the 'first' or 'last' rating."""
   folder = os.path.join(rt.ratings_dir(workdir), "history")
   found: dict[tuple[int, int], tuple[int, str]] = {}
   for name in files.listdir(folder):
-    stem, _, epoch = name.removesuffix(".json").rpartition("_epoch")
-    if not stem.startswith("block") or not epoch.isdigit():
-      continue
-    b, s = stem.removeprefix("block").split("_in")
-    key = (int(b), ss.SCALE_NAMES.index(s))
-    e = int(epoch)
+    m = _HISTORY_NAME.match(name)
+    if not m or m.group(2) not in ss.SCALE_NAMES:
+      continue  # not a rating history file
+    key = (int(m.group(1)), ss.SCALE_NAMES.index(m.group(2)))
+    e = int(m.group(3))
     if key not in found or (e < found[key][0]) == (which == "first"):
       found[key] = (e, name)
   if not found:
     raise BenchmarkError(f"{folder} holds no rating history; is {workdir} a main job's workdir?")
   return {k: rt.read_rank_file(os.path.join(folder, n)).scores for k, (_, n) in found.items()}
-
-
-def normalize_scores(scores: Mapping[tuple[int, int], rt.Scores], how: str
-                     ) -> dict[tuple[int, int], rt.Scores]:
-  """Scores made comparable across (block, input scale) rank files: 'zscore' (minus the file's
-  mean, over its standard deviation) or 'rank' (average rank in the file over its length, 0..1),
-  or unchanged ('none')."""
-  if how == "none":
-    return {k: dict(v) for k, v in scores.items()}
-  out = {}
-  for k, v in scores.items():
-    paths, vals = list(v), np.array(list(v.values()), np.float64)
-    if how == "zscore":
-      sd = vals.std()
-      z = (vals - vals.mean()) / sd if sd > 0 else np.zeros_like(vals)
-    elif how == "rank":
-      z = (ranking.average_ranks(vals) - 1) / max(len(vals) - 1, 1)
-    else:
-      raise BenchmarkError(f"normalisation {how!r}: expected 'none', 'zscore' or 'rank'.")
-    out[k] = dict(zip(paths, z.tolist()))
-  return out
 
 
 def _architecture_scores(scores: Mapping[tuple[int, int], rt.Scores],
@@ -185,8 +202,8 @@ def rank_file_estimators(workdir: str, archs: Sequence[str], name: str = "bossna
   and the final rating normalised within each (block, input scale); negated (lower is better)."""
   final = {k: rf.scores for k, rf in rt.read_rank_files(workdir).items()}
   out = {name: final, f"{name}_first_rating": _history_scores(workdir, "first"),
-         f"{name}_zscore": normalize_scores(final, "zscore"),
-         f"{name}_rank_norm": normalize_scores(final, "rank")}
+         f"{name}_zscore": sr.normalize_scores(final, "zscore"),
+         f"{name}_rank_norm": sr.normalize_scores(final, "rank")}
   return {k: [-v for v in _architecture_scores(s, archs)] for k, s in out.items()}
 
 
@@ -204,8 +221,11 @@ def best_pick(values: Sequence[float], truth: Sequence[float]) -> tuple[int, flo
 def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 2000,
                 seed: int = 0) -> dict:
   v, t = np.asarray(values, np.float64), np.asarray(truth, np.float64)
-  ok = np.isfinite(v) & np.isfinite(t)
+  ok = ~np.isnan(v) & np.isfinite(t)  # NaN: no value (not computed, or no rating)
   v, t = v[ok], t[ok]
+  # -inf is a real verdict (NASWOT's singular kernel): below every finite value, not dropped.
+  finite = v[np.isfinite(v)]
+  v = np.where(np.isneginf(v), finite.min() - 1 if len(finite) else -1.0, v)
   if len(v) < 3:
     return {"n": int(len(v))}
   lo, hi = ranking.bootstrap_interval(v, t, samples=samples, seed=seed)

@@ -38,6 +38,8 @@ from bossnas_jax import search_space as ss
 from bossnas_jax.models import cost
 
 STRATEGIES = ("evolution", "exhaustive", "greedy")
+# How block scores are made comparable before they are added (see `normalize_scores`).
+NORMALIZATIONS = ("none", "zscore", "rank")
 # Searched networks keep every stage at its own stride (see the module docstring).
 EMPTY_STAGE_STRIDE = "stage"
 
@@ -57,6 +59,7 @@ class SearchSettings:
   max_params: float | None = None
   resolution: int = 224            # Input side of the final BossNet (not of the supernet).
   convention: str = "true"         # Cost convention of the budgets: 'true' or 'official'.
+  normalize: str = "none"          # Block scores per (block, input scale): NORMALIZATIONS.
   population: int = 50
   generations: int = 20
   mutation_prob: float = 0.1
@@ -72,6 +75,8 @@ class SearchSettings:
       bad("strategy", f"expected one of {', '.join(STRATEGIES)}")
     if self.convention not in cost.CONVENTIONS:
       bad("convention", f"expected one of {', '.join(cost.CONVENTIONS)}")
+    if self.normalize not in NORMALIZATIONS:
+      bad("normalize", f"expected one of {', '.join(NORMALIZATIONS)}")
     for f in ("max_madds", "max_params"):
       v = getattr(self, f)
       if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
@@ -203,10 +208,40 @@ def build_problem(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]],
   return Problem(tables, fixed, resolution, convention, unused)
 
 
+def normalize_scores(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]], how: str
+                     ) -> dict[tuple[int, int], dict[ss.Path, float]]:
+  """Block scores made comparable across the rank files of different (block, input scale).
+
+  A block's candidates at one input scale are rated behind one frozen prefix and toward their own
+  population centre, so the scores of two input scales have no common level (SPEC I.9.3's prefix
+  bias). 'zscore' subtracts each rank file's mean and divides by its standard deviation; 'rank'
+  replaces each score by its average rank in its file over the file's length (0 best, 1 worst);
+  'none' keeps the raw losses (the official rule).
+  """
+  if how not in NORMALIZATIONS:
+    raise SearchError(f"normalize={how!r}: expected one of {', '.join(NORMALIZATIONS)}.")
+  out = {}
+  for k, v in scores.items():
+    paths, vals = list(v), np.array(list(v.values()), np.float64)
+    if how == "zscore":
+      # A file whose scores are all equal says nothing: 0 (its std would be rounding noise).
+      vals = ((vals - vals.mean()) / vals.std() if np.ptp(vals) > 0 else np.zeros_like(vals))
+    elif how == "rank":
+      order = np.argsort(vals, kind="stable")
+      ranks = np.empty(len(vals))
+      ranks[order] = np.arange(len(vals))
+      for x in np.unique(vals):  # ties share their mean rank
+        tied = vals == x
+        ranks[tied] = ranks[tied].mean()
+      vals = ranks / max(len(vals) - 1, 1)
+    out[k] = dict(zip(paths, vals.tolist()))
+  return out
+
+
 def load_problem(workdir: str, settings: SearchSettings | None = None) -> Problem:
   settings = settings or SearchSettings()
-  return build_problem(rt.read_ratings(workdir), settings.resolution, settings.convention,
-                       workdir=workdir)
+  scores = normalize_scores(rt.read_ratings(workdir), settings.normalize)
+  return build_problem(scores, settings.resolution, settings.convention, workdir=workdir)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.strategy = "exhaustive"   # Exact Pareto optimum | 'evolution' (paper) | 'greedy' (official).
   s.resolution = 224          # Input side of the final BossNet that budgets and costs refer to.
   s.convention = "true"       # Costs as the network computes them; 'official' = boss_madds.py.
+  # Block scores as rated ('none', the official sum) or made comparable across the input scales of
+  # a block before they are added: 'zscore' / 'rank' within each rank file (search.normalize_scores).
+  s.normalize = "none"
   s.max_madds = ml_collections.FieldReference(None, field_type=float)  # Budget, true convention.
   s.max_params = ml_collections.FieldReference(None, field_type=float)
   s.population = 50

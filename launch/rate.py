@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 from bossnas_jax import files, ranking  # noqa: E402
 from bossnas_jax import ratings as rt  # noqa: E402
+from bossnas_jax import search  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="A file with one architecture per line, or an architecture.json.")
   p.add_argument("--resolution", type=int, default=None,
                  help="Input side the costs refer to (default: the run's search.resolution).")
+  p.add_argument("--normalize", choices=("none", "zscore", "rank"), default=None,
+                 help="Block scores as the search sums them (default: the run's search.normalize).")
   p.add_argument("--json", default=None, help="Also write the ratings to this JSON file.")
   return p.parse_args(argv)
 
@@ -43,14 +46,14 @@ def main(argv=None) -> int:
       archs += ranking.read_architecture_list(args.archs_file)
     if not archs:
       raise ranking.RateError("no architecture given: pass strings, or --archs FILE.")
-    run, results = ranking.rate(args.workdir, archs, args.resolution)
-  except (ranking.RateError, rt.RatingsError) as e:
+    run, results = ranking.rate(args.workdir, archs, args.resolution, args.normalize)
+  except (ranking.RateError, rt.RatingsError, search.SearchError) as e:
     print(f"launch/rate.py: {e}", file=sys.stderr)
     return 2
   print(ranking.format_table(run, results))
   if args.json:
     files.write_json(args.json, {
-        "workdir": args.workdir, "resolution": run.resolution,
+        "workdir": args.workdir, "resolution": run.resolution, "normalize": run.normalize,
         "num_architectures": len(run.population) if run.population is not None else None,
         "ratings": [r.to_dict() if isinstance(r, ranking.Rating) else
                     {"architecture": a if isinstance(a, str) else str(a), "error": str(r)}

@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--resolution", type=int, default=None, help="BossNet input side (224).")
   p.add_argument("--convention", choices=("true", "official"), default=None,
                  help="Cost convention of the budgets (true).")
+  p.add_argument("--normalize", choices=search.NORMALIZATIONS, default=None,
+                 help="Block scores as rated (none) or normalised per rank file (zscore, rank).")
   p.add_argument("--seed", type=int, default=None, help="Seed of the evolution.")
   p.add_argument("--out", default=None, help="Where to write the export (default: --workdir).")
   return p.parse_args(argv)
@@ -44,7 +46,7 @@ def saved_config(workdir: str) -> dict | None:
 def main(argv=None) -> export.ExportResult:
   args = parse_args(argv)
   flags = {k: getattr(args, k) for k in ("strategy", "max_madds", "max_params", "resolution",
-                                         "convention", "seed")}
+                                         "convention", "normalize", "seed")}
   try:
     return export.search_and_export(args.workdir, saved_config(args.workdir), out_dir=args.out,
                                     **flags)

@@ -133,3 +133,20 @@ def test_correlations_equal_scipy_with_ties():
   assert 0.5 < lo < ranking.kendall_tau_b(x, y) < hi <= 1.0
   assert (lo, hi) == ranking.bootstrap_interval(x, y, samples=300)  # seeded
   assert ranking.bootstrap_interval(x, y, samples=300, seed=1) != (lo, hi)
+
+
+@pytest.mark.parametrize("how", ["zscore", "rank"])
+def test_normalised_search_and_rating_agree_with_brute_force(tmp_path, how):
+  _write_run(tmp_path, seed=7, per_scale=5)
+  raw = rt.read_ratings(str(tmp_path))
+  norm = sr.normalize_scores(raw, how)
+  problem = sr.build_problem(norm, 32)
+  best = min(all_chains(problem), key=lambda a: sr.evaluate(problem, a).key())
+  result, _ = sr.run_search(str(tmp_path), strategy="exhaustive", resolution=32, normalize=how)
+  assert str(result.architecture) == str(best)
+  run, (r,) = ranking.rate(str(tmp_path), [best], resolution=32, normalize=how)
+  assert r.rank == 1 and run.normalize == how
+  assert r.block_scores == tuple(norm[(b, best.input_scale(b))][p]
+                                 for b, p in enumerate(best.paths))
+  with pytest.raises(sr.SearchError, match="normalize"):
+    sr.settings_from(None, normalize="minmax")

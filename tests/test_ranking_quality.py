@@ -1,9 +1,12 @@
 """The ranking benchmark's sampling, resume, estimators and summary (no real retraining here), and
 the NASWOT proxy on a tiny BossNet."""
 
+import dataclasses
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_ranking import _write_run
@@ -13,6 +16,7 @@ from bossnas_jax import ranking_quality as rq
 from bossnas_jax import ratings as rt
 from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
+from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
 
 
@@ -131,11 +135,11 @@ def test_normalised_and_first_rating_estimators(tmp_path):
   problem = sr.build_problem(final, 32)
   assert est["bossnas"] == [-sr.evaluate(problem, a).score for a in archs]
   assert est["bossnas_first_rating"] == pytest.approx([v - 10.0 for v in est["bossnas"]])
-  z = rq.normalize_scores(final, "zscore")
+  z = sr.normalize_scores(final, "zscore")
   for v in z.values():
     vals = np.array(list(v.values()))
     assert abs(vals.mean()) < 1e-9 and vals.std() == pytest.approx(1.0)
-  r = rq.normalize_scores(final, "rank")
+  r = sr.normalize_scores(final, "rank")
   for k, v in r.items():
     best = min(final[k], key=final[k].get)
     assert v[best] == 0.0 and max(v.values()) == 1.0
@@ -152,8 +156,44 @@ def test_naswot_on_a_tiny_bossnet():
   images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
   a = proxies.naswot_score(config, images)
   assert np.isfinite(a) and a == proxies.naswot_score(config, images)
-  # 16 images: the kernel is 16x16 with entries up to the number of units, so log|K| is bounded
-  # by 16 log(units); two equal images make it singular.
-  assert 0 < a < 16 * np.log(1e6)
+  # Taps: the stem's BN, 3 BNs + the output of each of the 16 residual blocks (not their shortcut
+  # BN), the BN of each of the 2 empty stages (stages 1 and 4 of this network).
+  model = bossnet.BossNet(dataclasses.replace(config, drop_path_rate=0.0), jnp.float32)
+  variables = bossnet.init_variables(model, jax.random.key(0), 32)
+  k, units, taps = proxies._agreement(model, variables, jnp.asarray(images))
+  assert int(taps) == 1 + 16 * 4 + 2
+  k = np.asarray(k)
+  assert np.all(np.diag(k) == int(units)) and np.all(k <= int(units)) and np.all(k == k.T)
+  assert a == pytest.approx(np.linalg.slogdet(k.astype(np.float64))[1])
+  # Two equal images make the kernel singular.
   same = np.concatenate([images[:8], images[:8]])
   assert proxies.naswot_score(config, same) == -np.inf
+
+
+def test_resume_settings_survive_json_and_refuse_a_changed_recipe_metric_or_search():
+  import ml_collections
+  recipe = ml_collections.ConfigDict({"data": {"crop_scale": (0.08, 1.0)}, "train": {"epochs": 10}})
+  settings = {"num": 8, "two_seeds": 2, "madds_band": [0.3, 0.7], "sample_seed": 0,
+              "metric": "ema", "proxy_images": 128, "naswot_version": rq.NASWOT_VERSION,
+              "search": "runs/demo", "long_search": None, "recipe": recipe.to_dict()}
+  stored = json.loads(json.dumps(settings))  # tuples come back as lists
+  assert rq.resume_settings(stored, settings)["recipe"] == {"data": {"crop_scale": [0.08, 1.0]},
+                                                            "train": {"epochs": 10}}
+  # A search given now fills a missing one; none given keeps the stored one.
+  later = rq.resume_settings(stored, {**settings, "search": None, "long_search": "runs/long"})
+  assert later["search"] == "runs/demo" and later["long_search"] == "runs/long"
+  for change, word in (({"metric": "raw"}, "metric"), ({"num": 9}, "num"),
+                       ({"recipe": {**recipe.to_dict(), "train": {"epochs": 3}}}, "recipe"),
+                       ({"search": "runs/other"}, "--search")):
+    with pytest.raises(rq.BenchmarkError, match=word):
+      rq.resume_settings(stored, {**settings, **change})
+
+
+def test_zscore_of_a_constant_rank_file_is_zero_and_neg_inf_ranks_last():
+  scores = {(0, 3): {(5, 4, 3, 3): 0.7, (4, 4, 4, 4): 0.7, (5, 5, 4, 4): 0.7}}
+  assert set(sr.normalize_scores(scores, "zscore")[(0, 3)].values()) == {0.0}
+  assert set(sr.normalize_scores(scores, "rank")[(0, 3)].values()) == {0.5}
+  # NASWOT's singular kernel (-inf) is the worst verdict, kept in the correlation.
+  r = rq.correlation([-np.inf, 1.0, 2.0, 3.0], [10.0, 20.0, 30.0, 40.0], samples=50)
+  assert r["n"] == 4 and r["kendall_tau"] == pytest.approx(1.0)
+  assert rq.correlation([np.nan, 1.0, 2.0, 3.0], [10.0, 20.0, 30.0, 40.0], samples=50)["n"] == 3
