@@ -1,17 +1,17 @@
 r"""How well does a search's score order networks by their real accuracy? (resumable; hours)
 
-  python benchmarks/ranking_quality.py --config configs/retrain.py:demo --search runs/demo \
+  python benchmarks/ranking_quality.py --config configs/retrain.py:ground_truth --search runs/demo \
       [--long_search runs/demo_long] --workdir runs/ranking_quality \
       [--out benchmarks/results/ranking_quality.json]
 
 Samples `--num` architectures of the judged search's space within a moderate MAdds band (half at
 random, half spread over its score range; `bossnas_jax/ranking_quality.py` has the protocol),
-retrains each from scratch with the retraining config (the demo recipe: 8,192 images, 10 epochs;
-here evaluated once, at the end, on the whole `test` split), `--two_seeds` of them with a second
-seed, and ranks them by every estimator: the search's final and first ratings, its scores
-normalised per (block, input scale), the same for `--long_search`, MAdds, params, NASWOT at
-initialisation (Mellor et al. 2021) and random. Ground truth is the mean `--metric` top-1 over
-seeds.
+retrains each from scratch with the retraining config (`configs/retrain.py:ground_truth`: 8,192
+images, 10 epochs, evaluated once, at the end, on the whole `test` split), `--two_seeds` of them
+with a second seed, and ranks them by every estimator: the search's final and first ratings,
+its scores normalised per (block, input scale), the same for `--long_search`, MAdds, params,
+NASWOT at initialisation (Mellor et al. 2021) and random. Ground truth is the mean `--metric`
+top-1 over seeds.
 
 Every finished training is written to --out at once (with the plan, the estimators, the summary
 and a scatter plot next to it), so the benchmark resumes from --out even on another machine; a
@@ -192,11 +192,12 @@ def main(argv):
     return write(out_path, settings, plan, res, naswot, wall + time.perf_counter() - start,
                  stored)
 
-  naswot = naswot_values(config, plan, naswot, num_classes)
   summary = save(results)
   if not _SUMMARY_ONLY.value:
     rq.run_jobs(plan, results, train_fn(config, workdir), save)
-    summary = save(results)
+  # The proxy last (about 30 s per network here, mostly compilation): ground truth comes first.
+  naswot = naswot_values(config, plan, naswot, num_classes)
+  summary = save(results)
   print("\n" + rq.format_summary(summary))
   print(f"\nwrote {out_path} and its .png; benchmark wall time so far "
         f"{(wall + time.perf_counter() - start) / 60:.1f} min")

@@ -19,9 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from bossnas_jax import files, ranking  # noqa: E402
+from bossnas_jax import files, ranking, search  # noqa: E402
 from bossnas_jax import ratings as rt  # noqa: E402
-from bossnas_jax import search  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
