@@ -198,7 +198,7 @@ def main(argv):
   # The proxy last (about 30 s per network here, mostly compilation): ground truth comes first.
   naswot = naswot_values(config, plan, naswot, num_classes)
   summary = save(results)
-  print("\n" + rq.format_summary(summary))
+  print("\n" + rq.format_summary(summary) + "\n\n" + rq.markdown_table(summary))
   print(f"\nwrote {out_path} and its .png; benchmark wall time so far "
         f"{(wall + time.perf_counter() - start) / 60:.1f} min")
 

@@ -326,3 +326,41 @@ def plot(path: str, plan: Sequence[dict], results: Mapping[str, dict],
   buf = io.BytesIO()
   fig.savefig(buf, format="png")
   return files.write_bytes(path, buf.getvalue())
+
+
+ESTIMATOR_NOTES = {
+    "bossnas": "BossNAS score of the judged search (final rating; the search's sum)",
+    "bossnas_first_rating": "the same search, after block training's first rating",
+    "bossnas_zscore": "final rating, z-scored per (block, input scale)",
+    "bossnas_rank_norm": "final rating, rank-normalised per (block, input scale)",
+    "bossnas_long": "BossNAS score of the longer search",
+    "bossnas_long_first_rating": "the longer search, after its first rating",
+    "bossnas_long_zscore": "longer search, z-scored per (block, input scale)",
+    "bossnas_long_rank_norm": "longer search, rank-normalised per (block, input scale)",
+    "madds": "MAdds of the retrained network",
+    "params": "parameters of the retrained network",
+    "naswot": "NASWOT at initialisation (Mellor et al. 2021)",
+    "random": "uniform random values (one fixed draw)",
+}
+
+
+def markdown_table(summary: dict) -> str:
+  """The summary as the README shows it (one row per estimator, then the noise ceiling)."""
+  def f(x, spec=".2f"):
+    return "–" if x is None else format(x, spec)
+
+  rows = ["| estimator | Kendall τ | 95% interval | Spearman ρ | top-1 of its best pick |",
+          "|---|---|---|---|---|"]
+  for name, r in summary["estimators"].items():
+    if "kendall_tau" not in r:
+      continue
+    lo, hi = r["kendall_tau_95"]
+    rows.append(f"| `{name}`: {ESTIMATOR_NOTES.get(name, name)} | {f(r['kendall_tau'])} | "
+                f"[{f(lo)}, {f(hi)}] | {f(r['spearman_rho'])} | {f(r['best_pick_top1'])}% |")
+  nc = summary.get("noise_ceiling")
+  if nc and "kendall_tau" in nc:
+    lo, hi = nc["kendall_tau_95"]
+    rows.append(f"| *ceiling: seed 0 against seed 1 ({nc['n']} networks)* | "
+                f"{f(nc['kendall_tau'])} | [{f(lo)}, {f(hi)}] | {f(nc['spearman_rho'])} | "
+                f"mean \\|difference\\| {f(nc['mean_abs_seed_difference'])} points |")
+  return "\n".join(rows)

@@ -197,3 +197,14 @@ def test_zscore_of_a_constant_rank_file_is_zero_and_neg_inf_ranks_last():
   r = rq.correlation([-np.inf, 1.0, 2.0, 3.0], [10.0, 20.0, 30.0, 40.0], samples=50)
   assert r["n"] == 4 and r["kendall_tau"] == pytest.approx(1.0)
   assert rq.correlation([np.nan, 1.0, 2.0, 3.0], [10.0, 20.0, 30.0, 40.0], samples=50)["n"] == 3
+
+
+def test_readme_table_equals_the_committed_results():
+  root = os.path.join(os.path.dirname(__file__), os.pardir)
+  with open(os.path.join(root, "benchmarks", "results", "ranking_quality.json")) as f:
+    summary = json.load(f)["summary"]
+  with open(os.path.join(root, "README.md")) as f:
+    readme = f.read()
+  assert rq.markdown_table(summary) in readme, (
+      "README's ranking table differs from benchmarks/results/ranking_quality.json; paste "
+      "rq.markdown_table(summary) (the benchmark prints it) into the README.")
