@@ -349,7 +349,12 @@ def markdown_table(summary: dict) -> str:
   def f(x, spec=".2f"):
     return "–" if x is None else format(x, spec)
 
-  rows = ["| estimator | Kendall τ | 95% interval | Spearman ρ | top-1 of its best pick |",
+  gt = summary["ground_truth_top1"]
+  rows = [f"Ground truth of {summary['architectures_with_ground_truth']} architectures "
+          f"({summary['trainings']} trainings"
+          + (f"; top-1 {gt['min']:.2f}–{gt['max']:.2f}%, mean {gt['mean']:.2f}%" if gt["mean"]
+             is not None else "") + "):", "",
+          "| estimator | Kendall τ | 95% interval | Spearman ρ | top-1 of its best pick |",
           "|---|---|---|---|---|"]
   for name, r in summary["estimators"].items():
     if "kendall_tau" not in r:

@@ -160,7 +160,7 @@ def test_naswot_on_a_tiny_bossnet():
   # BN), the BN of each of the 2 empty stages (stages 1 and 4 of this network).
   model = bossnet.BossNet(dataclasses.replace(config, drop_path_rate=0.0), jnp.float32)
   variables = bossnet.init_variables(model, jax.random.key(0), 32)
-  k, units, taps = proxies._agreement(model, variables, jnp.asarray(images))
+  k, units, taps = proxies._agreement_jit(model, variables, jnp.asarray(images))  # compiled once
   assert int(taps) == 1 + 16 * 4 + 2
   k = np.asarray(k)
   assert np.all(np.diag(k) == int(units)) and np.all(k <= int(units)) and np.all(k == k.T)
