@@ -1,7 +1,7 @@
 r"""How well does a search's score order networks by their real accuracy? (resumable; hours)
 
   python benchmarks/ranking_quality.py --config configs/retrain.py:ground_truth --search runs/demo \
-      [--long_search runs/demo_long] --workdir runs/ranking_quality \
+      [--long_search runs/demo_long] [--readme README.md] --workdir runs/ranking_quality \
       [--out benchmarks/results/ranking_quality.json]
 
 Samples `--num` architectures of the judged search's space within a moderate MAdds band (half at
@@ -49,6 +49,7 @@ _SEED = flags.DEFINE_integer("sample_seed", 0, "Seed of the sampling.")
 _METRIC = flags.DEFINE_enum("metric", "ema", ["raw", "ema"], "Final top-1 used as ground truth.")
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "test", "Split of the ground truth top-1.")
 _PROXY_IMAGES = flags.DEFINE_integer("proxy_images", 128, "Training images for NASWOT.")
+_README = flags.DEFINE_string("readme", None, "Also rewrite the ranking table of this README.")
 _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False, "Recompute the summary, train nothing.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -141,6 +142,8 @@ def write(out_path, settings, plan, results, naswot, wall, stored) -> dict:
   record = {"format": rq.FORMAT_VERSION, "settings": settings, "architectures": rows,
             "jobs": results, "summary": summary, "wall_time_s": round(wall, 1)}
   files.write_json(out_path, record, indent=1)
+  if _README.value and not rq.update_readme(_README.value, summary):
+    print(f"--readme {_README.value} has no ranking table block {rq.README_MARKERS}; not updated")
   rq.plot(out_path.removesuffix(".json") + ".png", plan, results, est, summary)
   return summary
 

@@ -369,3 +369,20 @@ def markdown_table(summary: dict) -> str:
                 f"{f(nc['kendall_tau'])} | [{f(lo)}, {f(hi)}] | {f(nc['spearman_rho'])} | "
                 f"mean \\|difference\\| {f(nc['mean_abs_seed_difference'])} points |")
   return "\n".join(rows)
+
+
+README_MARKERS = ("<!-- ranking table: benchmarks/results/ranking_quality.json -->",
+                  "<!-- end of ranking table -->")
+
+
+def update_readme(path: str, summary: dict) -> bool:
+  """Replaces the table between README_MARKERS in `path` by `markdown_table(summary)`; False
+  (and nothing written) when the file has no such block."""
+  text = files.read_text(path)
+  start, end = README_MARKERS
+  i, j = text.find(start), text.find(end)
+  if i < 0 or j < i:
+    return False
+  files.write_text(path, text[:i + len(start)] + "\n" + markdown_table(summary) + "\n"
+                   + text[j:])
+  return True

@@ -208,3 +208,18 @@ def test_readme_table_equals_the_committed_results():
   assert rq.markdown_table(summary) in readme, (
       "README's ranking table differs from benchmarks/results/ranking_quality.json; paste "
       "rq.markdown_table(summary) (the benchmark prints it) into the README.")
+
+
+def test_update_readme_rewrites_only_the_table_block(tmp_path, population):
+  plan = rq.sample(population, 6, 2, seed=4)
+  results = rq.run_jobs(plan, {}, _fake_train([]), lambda r: None, log=lambda _: None)
+  summary = rq.summarize(plan, results, {"madds": [r["madds"] for r in plan]}, samples=50)
+  start, end = rq.README_MARKERS
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# t\nbefore\n{start}\nold table\n{end}\nafter\n")
+  assert rq.update_readme(str(readme), summary)
+  text = readme.read_text()
+  assert text == f"# t\nbefore\n{start}\n{rq.markdown_table(summary)}\n{end}\nafter\n"
+  assert "6 architectures (8 trainings" in text and "| `madds`" in text
+  (tmp_path / "other.md").write_text("no block\n")
+  assert not rq.update_readme(str(tmp_path / "other.md"), summary)
