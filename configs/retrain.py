@@ -147,7 +147,7 @@ def _ground_truth(c: ml_collections.ConfigDict) -> None:
   c.model.drop_path_rate = 0.0
   c.train.batch_size = 256
   c.train.epochs = 3
-  c.train.base_lr = 4e-3          # Peak 2e-3 at batch 256.
+  c.train.base_lr = 1.6e-2        # Peak 8e-3 at batch 256 (2e-3 fitted worse: loss 0.96 vs 0.83).
   c.train.warmup_epochs = 0.5
   c.train.checkpoint_every_steps = 100
   c.data.eval_split = "test"      # All 10,000 test images,
