@@ -6,12 +6,12 @@ r"""How well does a search's score order networks by their real accuracy? (resum
 
 Samples `--num` architectures of the judged search's space within a moderate MAdds band (half at
 random, half spread over its score range; `bossnas_jax/ranking_quality.py` has the protocol),
-retrains each from scratch with the retraining config (`configs/retrain.py:ground_truth`: 8,192
-images, 10 epochs, evaluated once, at the end, on the whole `test` split), `--two_seeds` of them
-with a second seed, and ranks them by every estimator: the search's final and first ratings,
-its scores normalised per (block, input scale), the same for `--long_search`, MAdds, params,
-NASWOT at initialisation (Mellor et al. 2021) and random. Ground truth is the mean `--metric`
-top-1 over seeds.
+retrains each from scratch with the retraining config (`configs/retrain.py:ground_truth`: the
+whole training split for 3 epochs; evaluated once, at the end, on the whole `test` split),
+`--two_seeds` of them with a second seed, and ranks them by every estimator: the search's final
+and first ratings, its scores normalised per (block, input scale), the same for
+`--long_search`, MAdds, params, NASWOT at initialisation (Mellor et al. 2021) and random.
+Ground truth is the mean `--metric` top-1 over seeds.
 
 Every finished training is written to --out at once (with the plan, the estimators, the summary
 and a scatter plot next to it), so the benchmark resumes from --out even on another machine; a

@@ -185,11 +185,12 @@ def write_retrain_config(path: str, arch: ss.Architecture, resolution: int) -> s
 # Plots (matplotlib's Agg canvas directly: no pyplot, no global backend switch).
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float, dpi: int = 110):
+  """A matplotlib Figure without pyplot (no global state, no display)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  fig = Figure(figsize=(width, height), dpi=110)
+  fig = Figure(figsize=(width, height), dpi=dpi)
   FigureCanvasAgg(fig)
   return fig
 
@@ -212,7 +213,7 @@ def sample_architectures(problem: sr.Problem, n: int, seed: int = 0) -> list[sr.
 def plot_pareto(path: str, result: sr.SearchResult, problem: sr.Problem,
                 cloud: int = 3000) -> str:
   st = result.settings
-  fig = _figure(9, 6)
+  fig = figure(9, 6)
   ax = fig.add_subplot()
   others = sample_architectures(problem, cloud, st.seed)
   ax.scatter([e.cost.madds / 1e9 for e in others], [e.score for e in others], s=6,
@@ -271,11 +272,11 @@ def plot_pareto(path: str, result: sr.SearchResult, problem: sr.Problem,
       handle.set_array(None)
       handle.set_facecolor(sc.cmap(0.5))
   fig.tight_layout()
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_block_scores(path: str, problem: sr.Problem, chosen: sr.Evaluated) -> str:
-  fig = _figure(4 * ss.NUM_BLOCKS, 4.5)
+  fig = figure(4 * ss.NUM_BLOCKS, 4.5)
   rng = np.random.default_rng(0)
   arch = chosen.architecture
   for b in range(ss.NUM_BLOCKS):
@@ -302,10 +303,10 @@ def plot_block_scores(path: str, problem: sr.Problem, chosen: sr.Evaluated) -> s
       ax.set_ylabel("rating score (lower is better)")
   fig.suptitle("Candidate scores per block and input scale (rank files)")
   fig.tight_layout()
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
-def _save_figure(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
   """PNG bytes written whole (matplotlib cannot write to a bucket URL)."""
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png")

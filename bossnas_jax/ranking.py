@@ -247,7 +247,7 @@ def format_table(run: RatedRun, results: Sequence[Rating | RateError]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Rank correlation (ties handled as scipy.stats does: tau-b, average ranks).
+# Rank correlation (ties handled as scipy.stats does: tau-b, average ranks of search.py).
 
 
 def _pair_signs(v: np.ndarray) -> np.ndarray:
@@ -273,26 +273,10 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
   return float(np.sum(sx * sy) / denom) if denom else float("nan")
 
 
-def average_ranks(v: Sequence[float]) -> np.ndarray:
-  """Ranks 1..n, ties given the mean of the ranks they span."""
-  v = np.asarray(v, np.float64)
-  order = np.argsort(v, kind="stable")
-  sorted_v = v[order]
-  ranks = np.empty(len(v))
-  i = 0
-  while i < len(v):
-    j = i
-    while j + 1 < len(v) and sorted_v[j + 1] == sorted_v[i]:
-      j += 1
-    ranks[order[i:j + 1]] = (i + j) / 2 + 1
-    i = j + 1
-  return ranks
-
-
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
   """Pearson correlation of the average ranks."""
   x, y = _vectors("spearman_rho", x, y)
-  rx, ry = average_ranks(x), average_ranks(y)
+  rx, ry = sr.average_ranks(x), sr.average_ranks(y)
   rx, ry = rx - rx.mean(), ry - ry.mean()
   denom = math.sqrt(float(np.sum(rx * rx) * np.sum(ry * ry)))
   return float(np.sum(rx * ry) / denom) if denom else float("nan")

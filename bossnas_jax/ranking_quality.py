@@ -9,7 +9,8 @@ The protocol of `benchmarks/ranking_quality.py` (its docstring has the command):
 2. **Ground truth** (`run_jobs`): every (architecture, seed) retrained from scratch with one fixed
    recipe; each result is stored the moment it finishes, so an interrupted benchmark never
    retrains a finished one (and a retraining killed midway resumes from its own checkpoint).
-3. **Estimators** (`rank_file_estimators`, `cost_estimators`, NASWOT from `proxies`, random),
+3. **Estimators** (`rank_file_estimators`; MAdds, params, NASWOT from `proxies` and random in
+   the script),
    each oriented so that higher means "predicted better", and **summary** (`summarize`): per
    estimator Kendall tau-b and Spearman rho against the mean ground truth, a bootstrap interval
    for tau, and the ground truth of the network it ranks best; the tau between the two seeds is
@@ -27,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from bossnas_jax import files, ranking
+from bossnas_jax import export, files, ranking
 from bossnas_jax import ratings as rt
 from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
@@ -295,16 +296,12 @@ def format_summary(summary: dict) -> str:
 def plot(path: str, plan: Sequence[dict], results: Mapping[str, dict],
          estimators: Mapping[str, Sequence[float]], summary: dict) -> str:
   """One scatter per estimator: its value against the mean ground-truth top-1."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
   gt = ground_truth(plan, results)
   archs = [row["architecture"] for row in plan]
   names = list(estimators)
   cols = 3
   rows = math.ceil(len(names) / cols)
-  fig = Figure(figsize=(4.2 * cols, 3.4 * rows), dpi=100)
-  FigureCanvasAgg(fig)
+  fig = export.figure(4.2 * cols, 3.4 * rows, dpi=100)
   for k, name in enumerate(names):
     ax = fig.add_subplot(rows, cols, k + 1)
     pts = [(estimators[name][i], np.mean(list(gt[a].values())), plan[i]["group"])
@@ -322,10 +319,7 @@ def plot(path: str, plan: Sequence[dict], results: Mapping[str, dict],
     if k == 0:
       ax.legend(fontsize=7)
   fig.tight_layout()
-  import io
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png")
-  return files.write_bytes(path, buf.getvalue())
+  return export.save_figure(fig, path)
 
 
 ESTIMATOR_NOTES = {

@@ -208,6 +208,22 @@ def build_problem(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]],
   return Problem(tables, fixed, resolution, convention, unused)
 
 
+def average_ranks(v) -> np.ndarray:
+  """Ranks 1..n, ties given the mean of the ranks they span."""
+  v = np.asarray(v, np.float64)
+  order = np.argsort(v, kind="stable")
+  sorted_v = v[order]
+  ranks = np.empty(len(v))
+  i = 0
+  while i < len(v):
+    j = i
+    while j + 1 < len(v) and sorted_v[j + 1] == sorted_v[i]:
+      j += 1
+    ranks[order[i:j + 1]] = (i + j) / 2 + 1
+    i = j + 1
+  return ranks
+
+
 def normalize_scores(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]], how: str
                      ) -> dict[tuple[int, int], dict[ss.Path, float]]:
   """Block scores made comparable across the rank files of different (block, input scale).
@@ -227,13 +243,7 @@ def normalize_scores(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]], 
       # A file whose scores are all equal says nothing: 0 (its std would be rounding noise).
       vals = ((vals - vals.mean()) / vals.std() if np.ptp(vals) > 0 else np.zeros_like(vals))
     elif how == "rank":
-      order = np.argsort(vals, kind="stable")
-      ranks = np.empty(len(vals))
-      ranks[order] = np.arange(len(vals))
-      for x in np.unique(vals):  # ties share their mean rank
-        tied = vals == x
-        ranks[tied] = ranks[tied].mean()
-      vals = ranks / max(len(vals) - 1, 1)
+      vals = (average_ranks(vals) - 1) / max(len(vals) - 1, 1)
     out[k] = dict(zip(paths, vals.tolist()))
   return out
 

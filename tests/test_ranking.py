@@ -126,7 +126,7 @@ def test_correlations_equal_scipy_with_ties():
         scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
   # Hand-computed: pairs (1,2),(1,3),(2,3) of x=[1,2,3], y=[1,3,2] -> C=2, D=1 -> tau 1/3.
   assert ranking.kendall_tau_b([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
-  assert ranking.average_ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+  assert sr.average_ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
   x = np.arange(30.0)
   y = x + rng.normal(0, 3, 30)
   lo, hi = ranking.bootstrap_interval(x, y, samples=300)
