@@ -134,7 +134,7 @@ def evaluate(checkpoint: str, *, name: str, split: str, data_dir: str | None, re
   calib = CalibrationAccumulator(num_bins)
   for start in tqdm.trange(0, n, batch_size, desc=f"evaluating on {name}:{split}", unit="batch"):
     idx = range(start, min(start + batch_size, n))
-    items = [source[i] for i in idx]
+    items = source.read(idx)
     images = np.stack([eval_image(img, resolution) for img, _ in items])
     labels = np.asarray([label for _, label in items], np.int32)
     logits = bossnet.eval_logits(model, variables, bossnet.normalize_images(images))

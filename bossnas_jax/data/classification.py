@@ -226,9 +226,10 @@ class _TrainBatch:
     r = self.transform.resolution
     images = np.empty((self.local_batch, r, r, 3), np.uint8)
     labels = np.empty((self.local_batch,), np.int32)
-    for j in range(self.local_batch):
+    items = self.source.read(row[self.offset:self.offset + self.local_batch])
+    for j, (image, label) in enumerate(items):
+      labels[j] = label
       q = self.offset + j
-      image, labels[j] = self.source[row[q]]
       images[j] = self.transform(image, (self.seed, RETRAIN, epoch, step * self.global_batch + q))
     return {"image": images, "label": labels}
 
@@ -288,11 +289,10 @@ class _EvalBatch:
     images = np.zeros((self.local_batch, r, r, 3), np.uint8)
     labels = np.zeros((self.local_batch,), np.int32)
     valid = np.zeros((self.local_batch,), bool)
-    for j in range(self.local_batch):
-      position = int(index) * self.global_batch + self.offset + j
-      if position >= len(self.source):
-        continue
-      image, labels[j] = self.source[position]
+    first = int(index) * self.global_batch + self.offset
+    positions = range(first, min(first + self.local_batch, len(self.source)))
+    for j, (image, label) in enumerate(self.source.read(positions)):
+      labels[j] = label
       images[j] = evaluate.eval_image(image, r)
       valid[j] = True
     return {"image": images, "label": labels, "valid": valid}

@@ -118,10 +118,11 @@ class _TrainBatch:
     views = np.empty((self.local_batch, self.spec.num_views, self.spec.resolution,
                       self.spec.resolution, 3), np.uint8)
     labels = np.empty((self.local_batch,), np.int32)
-    for j in range(self.local_batch):
-      position = step * self.global_batch + self.offset + j
-      image, labels[j] = self.source[order[position]]
-      views[j] = self.spec.views(image, (self.seed, TRAIN, self.block, epoch, position))
+    first = step * self.global_batch + self.offset
+    items = self.source.read(order[first:first + self.local_batch])
+    for j, (image, label) in enumerate(items):
+      labels[j] = label
+      views[j] = self.spec.views(image, (self.seed, TRAIN, self.block, epoch, first + j))
     return {"views": views, "label": labels}
 
 
@@ -185,11 +186,11 @@ class _FixedBatch:
     views = np.zeros(shape, np.uint8)
     labels = np.zeros((self.local_batch,), np.int32)
     mask = np.zeros((self.local_batch,), bool)
-    for j in range(self.local_batch):
-      position = int(index) * self.global_batch + self.offset + j
-      if position >= len(self.indices):
-        continue
-      image, labels[j] = self.source[self.indices[position]]
+    first = int(index) * self.global_batch + self.offset
+    positions = range(first, min(first + self.local_batch, len(self.indices)))
+    items = self.source.read([self.indices[p] for p in positions])
+    for j, (position, (image, label)) in enumerate(zip(positions, items)):
+      labels[j] = label
       views[j] = self.spec.views(image, (*self.seed_prefix, position))
       mask[j] = True
     return {"views": views, "label": labels, "mask": mask}

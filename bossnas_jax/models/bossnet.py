@@ -40,6 +40,8 @@ from bossnas_jax.models.layers import (
     MHSA,
     Dtype,
     batch_norm,
+    cpu_conv,
+    cpu_dense_dot,
     max_pool,
     torch_default_bias_init,
     torch_default_init,
@@ -58,21 +60,23 @@ _ACTS = {"silu": nn.silu, "relu": nn.relu}
 def _conv(features: int, kernel: int, stride: int, padding: int, name: str, dtype: Dtype,
           groups: int = 1, bias_fan_in: int = 0):
   """A PyTorch Conv2d: explicit symmetric padding; bias (with PyTorch's default init) iff
-  bias_fan_in > 0."""
+  bias_fan_in > 0. On the CPU backend the depthwise PEG and strided 3x3 convolutions run in the
+  forms XLA:CPU differentiates fast (`layers.cpu_conv`; same maths, sums in another order)."""
   return nn.Conv(
       features, (kernel, kernel), strides=(stride, stride),
       padding=((padding, padding), (padding, padding)), feature_group_count=groups,
       use_bias=bias_fan_in > 0, dtype=dtype, kernel_init=kaiming_fan_out,
       bias_init=torch_default_bias_init(bias_fan_in) if bias_fan_in else nn.initializers.zeros,
-      name=name)
+      conv_general_dilated=cpu_conv, name=name)
 
 
 def _conv1x1(features: int, name: str, dtype: Dtype, bias_fan_in: int = 0):
-  """A 1x1 Conv2d as a Dense on the channel axis (faster on XLA:CPU; same maths)."""
+  """A 1x1 Conv2d as a Dense on the channel axis (faster on XLA:CPU; same maths), with the
+  kernel gradient written as one matmul on the CPU backend (`layers.cpu_dense_dot`)."""
   return nn.Dense(
       features, use_bias=bias_fan_in > 0, dtype=dtype, kernel_init=kaiming_fan_out,
       bias_init=torch_default_bias_init(bias_fan_in) if bias_fan_in else nn.initializers.zeros,
-      name=name)
+      dot_general=cpu_dense_dot, name=name)
 
 
 def _peg(channels: int, stride: int, name: str, dtype: Dtype):
