@@ -4,12 +4,12 @@ r"""Seconds per ensemble-bootstrapping micro-batch of the full-size HyTra supern
                                   [--dtype auto|float32|bfloat16] [--breakdown] [--profile DIR]
   python benchmarks/block_step.py --check
 
-One micro-batch (SPEC I.3, Part II D3) = device augmentation of 8 views, the frozen prefix once per
-view (blocks 0..b-1 along BossNet-T0, 5433-3230-0010-0000, random weights, inference-mode BN),
-then for 4 sampled paths: 8 target forwards (shuffle-BN) and 8 online forward/backward passes into
-the gradient accumulator, each view pair of a path in one call with BN statistics per view;
-`train.step.BlockTrainer.micro_step`, as `train/loop.py` drives it. The optimizer update (every
-`accumulate_steps` micro-batches) is timed on its own.
+One micro-batch (docs/method.md#training-iteration, #d3) = device augmentation of 8 views, the
+frozen prefix once per view (blocks 0..b-1 along BossNet-T0, 5433-3230-0010-0000, random weights,
+inference-mode BN), then for 4 sampled paths: 8 target forwards (shuffle-BN) and 8 online
+forward/backward passes into the gradient accumulator, each view pair of a path in one call with BN
+statistics per view; `train.step.BlockTrainer.micro_step`, as `train/loop.py` drives it. The
+optimizer update (every `accumulate_steps` micro-batches) is timed on its own.
 
 Each block runs in a child process (so that its peak memory and its compiles are its own) on one
 device (simulated CPU devices are stripped from XLA_FLAGS) and prints, for `--draws` random draws

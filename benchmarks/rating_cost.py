@@ -1,4 +1,5 @@
-r"""Rating cost per candidate for the full-size block 0 at 224 (SPEC III.4), on this machine.
+r"""Rating cost per candidate for the full-size block 0 at 224, on this machine
+(docs/method.md#rating-design).
 
   python benchmarks/rating_cost.py [--calibration_images 16] [--rating_images 16] [--batch 8]
 

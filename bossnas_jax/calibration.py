@@ -1,4 +1,4 @@
-"""Exact BatchNorm statistics over a calibration set (decision D6).
+"""Exact BatchNorm statistics over a calibration set (docs/method.md#d6).
 
 The official rating sets BN momentum to 1, so each BN keeps the statistics of one batch of one
 view, and never calibrates the predictor. Here every BN of a path (and of the heads, for ratings)

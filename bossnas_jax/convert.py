@@ -1,6 +1,6 @@
 """Import official PyTorch checkpoints into Flax variables, and export them back.
 
-Two kinds of state_dict (SPEC III.7):
+Two kinds of state_dict (docs/method.md#checkpoint-layouts):
 
 * BossNet retraining models (`conv1`, `bn1`, `layer{s}.{i}.*`, `fc`): any encoding, the three
   named models included. `import_bossnet(state_dict, model)` -> BossNet variables.
@@ -258,7 +258,7 @@ def _supernet_table(sizes: SupernetSizes, present: set[str] | None) -> _Table:
 # Keys of a search checkpoint skipped on purpose, with the reason.
 _SUPERNET_IGNORE = [
     (re.compile(r"^(backbone|online_net|target_net|online_neck|target_neck|head)\."),
-     "alias of another prefix (SPEC III.7.2)"),
+     "alias of another prefix (docs/method.md#supernet-keys)"),
     (re.compile(r"^(online|target)_backbone\._stem\.[01]\."), "alias of conv1 / bn1"),
     (re.compile(r"^(online|target)_backbone\._blocks\.0\._block_layers\.0\._mix_ops\.\d+\."
                 r"(conv1_d|peg_d|bn1_d|downsample_d|proj_d|shortcut_d)\."),

@@ -1,4 +1,5 @@
-"""Export of a searched architecture (SPEC III.5): architecture.json, a retraining config, plots.
+"""Export of a searched architecture (docs/method.md#search-and-export): architecture.json, a
+retraining config, plots.
 
 `search_and_export(workdir, config_or_args)` is what the main job and `launch/search.py` call: it
 reads the rank files, searches, writes into the workdir
@@ -150,8 +151,8 @@ EMPTY_STAGE_STRIDE = "{stride}"
 
 
 def get_config(arg=None):
-  # The retraining recipe (SPEC I.8.4) lives in configs/retrain.py ('demo' selects its demo);
-  # this file only puts the searched network and its resolution on top of it.
+  # The retraining recipe (docs/method.md#retraining-recipe) lives in configs/retrain.py ('demo'
+  # selects its demo); this file only puts the searched network and its resolution on top of it.
   try:
     from configs import retrain
   except ModuleNotFoundError as e:

@@ -1,4 +1,4 @@
-"""The main job: train every block, rate, search and export (SPEC III.3-III.5).
+"""The main job: train every block, rate, search and export (docs/method.md#design).
 
 `launch/train_blocks.py` is a thin wrapper around `run`.
 """

@@ -1,4 +1,4 @@
-"""Devices, hosts and the 1-D data mesh (SPEC III.2).
+"""Devices, hosts and the 1-D data mesh (docs/method.md#state-and-step).
 
 Every step runs as `jax.jit(jax.shard_map(...))` over a mesh with one axis, 'data', that spans all
 devices of all hosts. Parameters are replicated; batches are split along their first axis.

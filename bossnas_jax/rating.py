@@ -1,10 +1,11 @@
-"""Rating toward the population centre (SPEC I.7, III.4; decisions D6, D7, D11).
+"""Rating toward the population centre (docs/method.md#rating, #rating-design, #d6, #d7, #d11).
 
 For block b taking input at scale s, every candidate P of C(b, s) is rated on the rating set:
-  1. BN recalibration (D6): the exact statistics of every BN of P's target path and projector, and
-     of its online path, projector and predictor, over the calibration set (both views).
+  1. BN recalibration (docs/method.md#d6): the exact statistics of every BN of P's target path and
+     projector, and of its online path, projector and predictor, over the calibration set (both
+     views).
   2. Target projections of both rating views, L2-normalised; their mean over C(b, s) is the
-     population centre c_v of each image (D7: normalised before averaging).
+     population centre c_v of each image (docs/method.md#d7: normalised before averaging).
   3. Score(P) = mean over rating images of L(q_v1(P), c_v2) + L(q_v2(P), c_v1), with q the online
      prediction and L the head loss (-2 cos). Lower is better.
 
@@ -123,7 +124,7 @@ class Rater:
     return self.models.units(self.in_scale, path)
 
   def calibrate(self, path) -> dict:
-    """BN statistics of the candidate's target and online networks (D6)."""
+    """BN statistics of the candidate's target and online networks (docs/method.md#d6)."""
     m, dims, dtype, mesh = self.models, self.models.dims, self.models.dtype, self.mesh
     units = self._units(path)
     d = ss.output_scale(path)
@@ -256,7 +257,7 @@ def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: in
   bar = tqdm.tqdm(total=2 * len(candidates), initial=len(centred) + len(scores), unit="cand",
                   desc=desc or f"rating block {block}", dynamic_ncols=True)
   try:
-    # Pass 1: the population centre (sum of normalised target projections; D7).
+    # Pass 1: the population centre (sum of normalised target projections; docs/method.md#d7).
     for p in candidates:
       if p in centred:
         continue

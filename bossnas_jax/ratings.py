@@ -1,5 +1,5 @@
 """Rank files: the per-(block, input scale) candidate scores that the rating writes and the search
-reads (SPEC III.4-III.5).
+reads (docs/method.md#rating-design, #search-and-export).
 
 One JSON file per (block, input scale) at ``WORKDIR/ratings/block{b}_in{scale_name}.json``
 (scale_name from `search_space.SCALE_NAMES`, e.g. ``block1_in14.json``)::

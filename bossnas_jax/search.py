@@ -1,9 +1,11 @@
-"""Search over whole architectures from the per-block rank files (SPEC I.7, III.5, D9).
+"""Search over whole architectures from the per-block rank files (docs/method.md#search,
+#search-and-export, #d9).
 
 An architecture is one rated candidate per block with chaining scales (block b+1 takes its input
 at the scale where block b's path ends). Its score is the sum of its blocks' scores from the rank
-files (lower is better; the official MBConv/NATS ranking rule, I.9.3) and its cost is that of its
-final BossNet at the target resolution (`cost.py`; the true convention unless told otherwise).
+files (lower is better; the official MBConv/NATS ranking rule, docs/method.md#ranking-evaluation)
+and its cost is that of its final BossNet at the target resolution (`cost.py`; the true convention
+unless told otherwise).
 
 Both add up over blocks: a block's score is read at its input scale, and a searched BossNet's cost
 is a fixed stem/head part plus one term per (block, input scale, path)
@@ -229,10 +231,10 @@ def normalize_scores(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]], 
   """Block scores made comparable across the rank files of different (block, input scale).
 
   A block's candidates at one input scale are rated behind one frozen prefix and toward their own
-  population centre, so the scores of two input scales have no common level (SPEC I.9.3's prefix
-  bias). 'zscore' subtracts each rank file's mean and divides by its standard deviation; 'rank'
-  replaces each score by its average rank in its file over the file's length (0 best, 1 worst);
-  'none' keeps the raw losses (the official rule).
+  population centre, so the scores of two input scales have no common level (the prefix bias of
+  docs/method.md#ranking-evaluation). 'zscore' subtracts each rank file's mean and divides by its
+  standard deviation; 'rank' replaces each score by its average rank in its file over the file's
+  length (0 best, 1 worst); 'none' keeps the raw losses (the official rule).
   """
   if how not in NORMALIZATIONS:
     raise SearchError(f"normalize={how!r}: expected one of {', '.join(NORMALIZATIONS)}.")
@@ -479,8 +481,8 @@ def check_budget(problem: Problem, settings: SearchSettings) -> _Budget:
 
 
 def greedy(problem: Problem) -> Evaluated:
-  """The official rule (I.7): per block the best-scored candidate at the scale where the chosen
-  previous block ends."""
+  """The official rule (docs/method.md#search): per block the best-scored candidate at the scale
+  where the chosen previous block ends."""
   paths, s = [], ss.STEM_SCALE
   for b in range(ss.NUM_BLOCKS):
     t = problem.table(b, s)

@@ -1,10 +1,10 @@
 """The HyTra search space: the one place that knows scales, widths, ops and paths.
 
-Vocabulary (SPEC I.1):
+Vocabulary (docs/method.md#search-space):
   * scale ``d`` in 0..3 is a feature-map resolution; 0 is the coarsest (7x7 at 224), 3 the finest
     (56x56). A scale fixes the channel count (2048, 1024, 512, 256 at full width), whatever block
     the layer sits in.
-  * op index 0..5 picks a candidate (SPEC I.1.3): 0 ResAtt@7, 1 ResConv@7, 2 ResAtt@14,
+  * op index 0..5 picks a candidate (docs/method.md#op-index): 0 ResAtt@7, 1 ResConv@7, 2 ResAtt@14,
     3 ResConv@14, 4 ResConv@28, 5 ResConv@56.
   * a path is 4 op indices, one per layer of a block, written "5433".
   * an architecture is 4 paths, one per block, written "5433-3230-0010-0000".
@@ -46,7 +46,8 @@ class Op:
     return f"{'ResAtt' if self.attention else 'ResConv'}@{SCALE_NAMES[self.scale]}"
 
 
-# The global op table (SPEC I.1.3). Per scale the order is ResAtt (only at 7 and 14), then ResConv.
+# The global op table (docs/method.md#op-index). Per scale the order is ResAtt (only at 7 and 14),
+# then ResConv.
 OPS = (
     Op(0, True, 0),
     Op(1, False, 0),
@@ -156,7 +157,7 @@ class Dims:
 
 
 # ------------------------------------------------------------------------------------------------
-# Path rules and enumeration (SPEC I.1.5).
+# Path rules and enumeration (docs/method.md#paths).
 
 # 'restricted': the rule the official search uses (`restricted_path`): the first layer stays at the
 #   input scale or halves it once, then each layer stays or halves once.
@@ -192,7 +193,7 @@ def input_scales(block: int) -> tuple[int, ...]:
   """Scales at which block `block` can receive its input, finest first.
 
   Block 0 takes the stem. A later block takes every scale at which some candidate of the block
-  before it ends (D5 makes every such scale usable).
+  before it ends (docs/method.md#d5 makes every such scale usable).
   """
   _check_block(block)
   if block == 0:
@@ -217,7 +218,7 @@ def allowed_ops(block: int, in_scale: int, prefix: Sequence[int]) -> tuple[int, 
   for o in ops_in_block(block):
     if op_scale(o) not in (prev, prev - 1):
       continue
-    # D5: the last layer may not end at a scale the next block cannot take.
+    # docs/method.md#d5: the last layer may not end at a scale the next block cannot take.
     last = i == LAYERS_PER_BLOCK - 1
     if last and block + 1 < NUM_BLOCKS and not accepts_input(block + 1, op_scale(o)):
       continue
@@ -227,7 +228,7 @@ def allowed_ops(block: int, in_scale: int, prefix: Sequence[int]) -> tuple[int, 
 
 @functools.cache
 def candidates(block: int, in_scale: int) -> tuple[Path, ...]:
-  """The candidate paths of block `block` taking input at scale `in_scale` (with D5).
+  """The candidate paths of block `block` taking input at scale `in_scale` (with docs/method.md#d5).
 
   These are the official `restricted_path[in_scale + 1]` minus the paths ending at a scale the next
   block cannot take: 50 for block 0 (the official 51 less '5555').
@@ -313,7 +314,7 @@ def parse_path(text: str, block: int, in_scale: int | None = None) -> Path:
         src = "the input" if i == 0 else f"op {path[-1]} ({OPS[path[-1]].name})"
         why = (f"after {src} at {_scale_label(prev)} a layer must stay at that scale or halve "
                "it once")
-      else:  # D5
+      else:  # docs/method.md#d5
         why = (f"the path would end at {_scale_label(op_scale(o))}, which block {block + 1} "
                "cannot take")
       raise SearchSpaceError(
@@ -377,7 +378,7 @@ def check_architecture(paths: Sequence[Sequence[int]]) -> Architecture:
 
 
 # ------------------------------------------------------------------------------------------------
-# BossNet stage encoding (SPEC I.8.1).
+# BossNet stage encoding (docs/method.md#bossnet-encoding).
 
 
 def stage_encoding(ops: Sequence[int]) -> tuple[tuple[int, ...], ...]:
@@ -403,5 +404,5 @@ def format_stage_encoding(enc: Sequence[Sequence[int]]) -> str:
   return "[" + ", ".join("[" + ",".join(str(t) for t in s) + "]" for s in enc) + "]"
 
 
-# The searched network of the paper (SPEC I.8.1): BossNet-T0.
+# The searched network of the paper (docs/method.md#bossnet-encoding): BossNet-T0.
 BOSSNET_T0 = "5433-3230-0010-0000"

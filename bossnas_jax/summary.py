@@ -72,14 +72,14 @@ def _m(n: int) -> str:
 
 
 def space_lines() -> list[str]:
-  lines = ["Path rules (SPEC I.1.5), paths per stage depth k:",
+  lines = ["Path rules (docs/method.md#paths), paths per stage depth k:",
            f"  {'rule':<28}" + "".join(f"{f'k={k}':>6}" for k in (4, 3, 2, 1))]
   names = {"restricted": "restricted (restricted_path)", "step": "step (all_path)",
            "free": "free (all_path_)"}
   for rule in ss.RULES:
     lines.append(f"  {names[rule]:<28}" + "".join(
         f"{len(ss.enumerate_paths(k, rule)):>6}" for k in (4, 3, 2, 1)))
-  lines.append("Candidates per (block, input scale), with D5:")
+  lines.append("Candidates per (block, input scale), with D5 (docs/method.md#d5):")
   for b in range(ss.NUM_BLOCKS):
     per = ", ".join(f"input {ss.SCALE_NAMES[s]}x{ss.SCALE_NAMES[s]}: {len(ss.candidates(b, s))}"
                     for s in ss.input_scales(b))

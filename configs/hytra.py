@@ -1,6 +1,6 @@
 r"""BossNAS over the HyTra space: the whole experiment in one place.
 
-Full size (SPEC Part I; 8 accelerators x 64 images per view, 8 accumulation steps):
+Full size (docs/method.md#method; 8 accelerators x 64 images per view, 8 accumulation steps):
   python launch/train_blocks.py --config configs/hytra.py --workdir gs://BUCKET/bossnas \
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets
   Expected: the official search ends with BossNet-T0 (5433-3230-0010-0000), 80.8% top-1 after the
@@ -19,9 +19,9 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0  # One run key; every random draw is folded from it (D8).
+  c.seed = 0  # One run key; every random draw is folded from it (docs/method.md#d8).
 
-  # ---- Supernet (SPEC I.1-I.2) ----
+  # ---- Supernet (docs/method.md#search-space, #siamese) ----
   c.model = m = ml_collections.ConfigDict()
   m.width_multiplier = 1.0   # Channels 2048/1024/512/256 at scales 7/14/28/56 times this.
   m.resolution = 224         # Input side; scales are resolution/32 * (1, 2, 4, 8).
@@ -29,23 +29,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.neck_hidden = 4096       # Projector fc0 width.
   m.proj_dim = 256           # Projection (and prediction) width.
   m.pred_hidden = 4096       # Predictor hidden width.
-  m.compute_dtype = "auto"   # D10: 'auto' = float32 on CPU, bfloat16 on GPU/TPU; params stay fp32.
+  m.compute_dtype = "auto"   # fp32 on CPU, bf16 on GPU/TPU; params fp32 (docs/method.md#d10).
 
-  # ---- Data (SPEC I.3, I.6, D8, D11) ----
+  # ---- Data (docs/method.md#training-iteration, #augmentations, #d8, #d11) ----
   c.data = d = ml_collections.ConfigDict()
   d.name = "imagenet2012"            # Any TFDS image classification data set.
   d.data_dir = ml_collections.FieldReference(None, field_type=str)  # Folder or gs:// with it.
-  d.train_split = "train[:-10000]"   # Block training never sees the rating slice (D11).
+  d.train_split = "train[:-10000]"   # Leaves out the rating slice (docs/method.md#d11).
   d.rating_split = "train[-10000:]"  # 'validation' reproduces the official choice.
-  d.calibration_images = 2048        # Fixed training images for BN recalibration (D6).
+  d.calibration_images = 2048        # Fixed images for BN recalibration (docs/method.md#d6).
   d.num_pairs = 4                    # 4 views of pipeline 1 + 4 of pipeline 2 per image.
   d.crop_scale = (0.08, 1.0)         # RandomResizedCrop, torchvision defaults.
   d.crop_ratio = (3 / 4, 4 / 3)
-  d.blur_prob = (0.1, 1.0)           # Pipeline 1 / pipeline 2 (not BYOL's assignment, I.6).
+  d.blur_prob = (0.1, 1.0)           # Pipelines 1 / 2; not BYOL's (docs/method.md#augmentations).
   d.solarize_prob = (0.0, 0.2)
   d.worker_count = 8                 # Host decoding processes per host.
 
-  # ---- Block training (SPEC I.3-I.5, Part II) ----
+  # ---- Block training (docs/method.md#training-iteration, #ema, #optimizer, #differences) ----
   c.train = t = ml_collections.ConfigDict()
   t.batch_size = 512          # Global micro-batch (images per view): 64 per device on 8 devices.
   t.accumulate_steps = 8      # Micro-batches per optimizer step: effective batch 4096.
@@ -63,12 +63,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3
   t.log_every_steps = 10
 
-  # ---- Rating toward the population centre (SPEC I.7, III.4, D6, D7) ----
+  # ---- Rating toward the population centre (docs/method.md#rating, #rating-design, #d6, #d7) ----
   c.rating = r = ml_collections.ConfigDict()
   r.rate_every_epochs = 2     # Ratings within a block; the last one is kept.
   r.batch_size = 2048         # Global batch of the rating and calibration passes.
 
-  # ---- Search and export (SPEC III.5, D9) ----
+  # ---- Search and export (docs/method.md#search-and-export, #d9) ----
   c.search = s = ml_collections.ConfigDict()
   s.strategy = "exhaustive"   # Exact Pareto optimum | 'evolution' (paper) | 'greedy' (official).
   s.resolution = 224          # Input side of the final BossNet that budgets and costs refer to.

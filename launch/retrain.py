@@ -1,4 +1,5 @@
-r"""Supervised retraining of a BossNet (SPEC I.8.4), evaluated every epoch; resumable.
+r"""Supervised retraining of a BossNet (docs/method.md#retraining-recipe), evaluated every epoch;
+resumable.
 
   python launch/retrain.py --config configs/retrain.py:demo --workdir runs/demo_retrain \
       --arch runs/demo/architecture.json

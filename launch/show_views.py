@@ -1,4 +1,5 @@
-r"""Draws one source image and its 8 augmented views (SPEC I.6), as the training step sees them.
+r"""Draws one source image and its 8 augmented views (docs/method.md#augmentations), as the
+training step sees them.
 
   python launch/show_views.py --config configs/hytra.py:demo --out views.png
   python launch/show_views.py --config configs/hytra.py --config.data.data_dir=DIR --out views.png

@@ -50,7 +50,7 @@ def tiny_t0():
 
 def test_t0_state_dict_matches_the_official_listing():
   shapes = convert.bossnet_state_dict_shapes("bossnet_t0")
-  assert len(shapes) == 380  # SPEC III.7.1
+  assert len(shapes) == 380  # docs/method.md#bossnet-keys
   want = {
       "conv1.weight": (64, 3, 7, 7),
       "bn1.running_var": (64,),
@@ -146,7 +146,7 @@ def test_supernet_round_trip_and_ignored_keys(tiny_supernet):
   back, report = convert.import_supernet({**sd, **extra}, TINY_SIZES)
   _assert_trees_equal(back, tiny_supernet)
   reasons = report.ignored_counts()
-  assert reasons["alias of another prefix (SPEC III.7.2)"] == 3
+  assert reasons["alias of another prefix (docs/method.md#supernet-keys)"] == 3
   assert reasons["alias of conv1 / bn1"] == 1
   assert sum(n for r, n in reasons.items() if r.startswith("not used by bossnas_jax")) == 2
   assert "not used by bossnas_jax" in report.summary()
@@ -248,7 +248,7 @@ def test_cli_verified_checkpoint_and_export(tiny_t0, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------
-# Parity with PyTorch (a transcription of the official modules from SPEC I.8.2).
+# Parity with PyTorch (a transcription of the official modules, docs/method.md#bossnet-definition).
 
 
 def _torch_bossnet(config):

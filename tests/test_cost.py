@@ -1,4 +1,5 @@
-"""The analytic cost model against SPEC Part IV and against the Flax models' parameter trees."""
+"""The analytic cost model against docs/method.md#figures and against the Flax models' parameter
+trees."""
 
 import jax
 import numpy as np
@@ -8,7 +9,7 @@ from bossnas_jax import search_space as ss
 from bossnas_jax.models import bossnet, cost, heads, supernet
 from bossnas_jax.models import bossnet_spec as bs
 
-# SPEC Part IV / I.8.3: (model, resolution, official MAdds, official params, true params).
+# docs/method.md#figures, #cost: (model, resolution, official MAdds, official params, true params).
 OFFICIAL_ROWS = [
     ("bossnet_t0_nose", 224, 3_441_888_768, 37_231_232, 37_319_080),
     ("bossnet_t0", 224, 3_447_303_680, 42_646_144, 38_415_960),
@@ -16,8 +17,9 @@ OFFICIAL_ROWS = [
     ("bossnet_t1", 224, 7_948_768_256, 42_646_144, 38_415_960),
     ("bossnet_t1", 256, 10_513_473_536, 42_646_144, 38_415_960),
 ]
-# True-convention MAdds: the counter's arithmetic with SE only on ResConv, which SPEC I.8.3 quotes
-# as 3.443G / 5.732G / 7.944G / 10.509G (T0-nose has no SE, so it equals the counter).
+# True-convention MAdds: the counter's arithmetic with SE only on ResConv, which
+# docs/method.md#cost quotes as 3.443G / 5.732G / 7.944G / 10.509G (T0-nose has no SE, so it
+# equals the counter).
 TRUE_MADDS = [3_441_888_768, 3_442_978_304, 5_731_872_256, 7_944_442_880, 10_509_148_160]
 
 TINY = ss.Dims(1 / 16, 64, 16)

@@ -1,4 +1,5 @@
-"""The 8-view augmentation of I.6: host part (crop, flip) and device part (jitter ... solarize)."""
+"""The 8-view augmentation (docs/method.md#augmentations): host part (crop, flip) and device part
+(jitter ... solarize)."""
 
 import colorsys
 import glob

@@ -1,4 +1,5 @@
-"""The grain loader: batches, D8 seeds, host sharding, resume, global arrays, rating/calibration."""
+"""The grain loader: batches, seeds (docs/method.md#d8), host sharding, resume, global arrays,
+rating/calibration."""
 
 import json
 import os

@@ -160,7 +160,8 @@ def test_loss_range_and_alignment():
 
 
 def test_attention_is_standard_and_head_major():
-  """D4: out = softmax(q kᵀ / sqrt(dh)) v with the official head-major qkv channel layout."""
+  """docs/method.md#d4: out = softmax(q kᵀ / sqrt(dh)) v with the official head-major qkv channel
+  layout."""
   heads_, dh, c = 2, 4, 8
   x = jax.random.normal(jax.random.key(5), (1, 3, 3, c))
   m = MHSA(heads_, dh)
@@ -191,7 +192,7 @@ def test_projector_scales():
 
 
 def test_full_size_parameter_counts():
-  """SPEC Part IV, by jax.eval_shape: nothing is allocated."""
+  """docs/method.md#figures, by jax.eval_shape: nothing is allocated."""
   config = hytra.get_config()
   dims = summary.dims_from_config(config)
   built = sum(summary.block_params(dims, b) for b in range(4))

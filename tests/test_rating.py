@@ -72,7 +72,7 @@ def test_recalibration_is_exact_on_8_devices(setup):
     b = {"units": ref[side]["units"],
          "heads": {k: v["batch_stats"] for k, v in ref[side]["heads"].items()}}
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=2e-4, atol=1e-5), a, b)
-  assert "pred" in got["online"]["heads"]  # D6: the predictor is calibrated too.
+  assert "pred" in got["online"]["heads"]  # docs/method.md#d6: the predictor is calibrated too.
   pred_var = got["online"]["heads"]["pred"]["batch_stats"]["bn0"]["var"]
   assert not np.allclose(pred_var, 1.0)
 

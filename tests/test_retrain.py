@@ -1,5 +1,6 @@
-"""Retraining (SPEC I.8.4, III.6): schedule, AdamW masks, EMA, ECE, an 8-device end-to-end retrain
-with evaluation and export, resume equivalence (with a corrupt newest checkpoint), bad inputs."""
+"""Retraining (docs/method.md#retraining-recipe, #retrain-and-evaluate): schedule, AdamW masks,
+EMA, ECE, an 8-device end-to-end retrain with evaluation and export, resume equivalence (with a
+corrupt newest checkpoint), bad inputs."""
 
 import glob
 import json

@@ -1,6 +1,6 @@
-"""Retraining data (SPEC I.8.4): RandAugment ops and draws, the labelled train/eval iterators
-(repeated augmentation, resume, hosts, padding), and the device-side regularisers against their
-definitions (label smoothing, mixup/cutmix, random erasing)."""
+"""Retraining data (docs/method.md#retraining-recipe): RandAugment ops and draws, the labelled
+train/eval iterators (repeated augmentation, resume, hosts, padding), and the device-side
+regularisers against their definitions (label smoothing, mixup/cutmix, random erasing)."""
 
 import functools
 import math

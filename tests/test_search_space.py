@@ -1,4 +1,5 @@
-"""The HyTra search space: counts, candidate lists, strings and their errors (SPEC I.1, D5)."""
+"""The HyTra search space: counts, candidate lists, strings and their errors
+(docs/method.md#search-space, #d5)."""
 
 import itertools
 
@@ -17,7 +18,7 @@ def test_path_counts(rule, counts):
 
 
 def test_rule_properties():
-  # restricted[2] == step[2] and restricted[1] == step[1] (SPEC I.1.5).
+  # restricted[2] == step[2] and restricted[1] == step[1] (docs/method.md#paths).
   assert ss.enumerate_paths(2, "restricted") == ss.enumerate_paths(2, "step")
   assert ss.enumerate_paths(1, "restricted") == ss.enumerate_paths(1, "step")
   assert {p[0] for p in ss.enumerate_paths(4)} == {4, 5}
@@ -31,7 +32,7 @@ def test_op_table():
   assert [o.name for o in ss.OPS] == [
       "ResAtt@7", "ResConv@7", "ResAtt@14", "ResConv@14", "ResConv@28", "ResConv@56"]
   assert [ss.op_scale(o) for o in range(6)] == [0, 0, 1, 1, 2, 3]
-  # The val-hook rule of SPEC I.1.3: pos = idx // 2 if idx < 4 else idx - 2.
+  # The val-hook rule (docs/method.md#op-index): pos = idx // 2 if idx < 4 else idx - 2.
   assert all(ss.op_scale(i) == (i // 2 if i < 4 else i - 2) for i in range(6))
   assert [ss.ops_in_block(b) for b in range(4)] == [
       (0, 1, 2, 3, 4, 5), (0, 1, 2, 3, 4), (0, 1, 2, 3), (0, 1, 2, 3)]
@@ -41,7 +42,7 @@ def test_candidate_lists():
   counts = {(b, s): len(ss.candidates(b, s)) for b in range(4) for s in ss.input_scales(b)}
   assert counts == {(0, 3): 50, (1, 2): 98, (1, 1): 80, (1, 0): 16,
                     (2, 1): 80, (2, 0): 16, (3, 1): 80, (3, 0): 16}
-  # Block 0 is the official restricted_path[4] less '5555' (D5).
+  # Block 0 is the official restricted_path[4] less '5555' (docs/method.md#d5).
   assert set(ss.enumerate_paths(4)) - set(ss.candidates(0, 3)) == {(5, 5, 5, 5)}
   assert set(ss.enumerate_paths(3)) - set(ss.candidates(1, 2)) == {(4, 4, 4, 4)}
   assert ss.candidates(2, 1) == ss.enumerate_paths(2)

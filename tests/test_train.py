@@ -21,7 +21,7 @@ from bossnas_jax.train import loop, schedules
 from bossnas_jax.train import step as step_lib
 
 # ------------------------------------------------------------------------------------------------
-# LARS (SPEC I.5) against a NumPy transcription of OpenSelfSup's loop.
+# LARS (docs/method.md#optimizer) against a NumPy transcription of OpenSelfSup's loop.
 
 
 def _numpy_lars(params, grads, bufs, lr, excluded, momentum=0.9, wd=1e-6, eta=1e-3):
@@ -72,12 +72,13 @@ def test_lars_matches_the_official_formula():
       np.testing.assert_allclose(v, np_p[k], rtol=2e-5, atol=1e-6, err_msg=f"{k} step {step}")
   np.testing.assert_array_equal(p["unused"]["kernel"], params["unused"]["kernel"])
   np.testing.assert_array_equal(state.momentum["unused"]["kernel"], 0)
-  # D1: the zero-init γ is excluded from the trust ratio, so it moves (officially it never did).
+  # docs/method.md#d1: the zero-init γ is excluded from the trust ratio, so it moves (officially it
+  # never did).
   assert np.any(np.asarray(p["zero_gamma"]["scale"]) != 0)
 
 
 # ------------------------------------------------------------------------------------------------
-# Schedules (SPEC I.4, I.5).
+# Schedules (docs/method.md#ema, #optimizer).
 
 
 def test_learning_rate_schedule():
@@ -249,7 +250,7 @@ def test_sample_paths_is_distinct_and_reproducible():
   a = step_lib.sample_paths(cands, 4, 0, 0, 17)
   assert a == step_lib.sample_paths(cands, 4, 0, 0, 17)
   assert len(set(a)) == 4
-  assert a != step_lib.sample_paths(cands, 4, 0, 1, 17)  # Blocks draw differently (D8).
+  assert a != step_lib.sample_paths(cands, 4, 0, 1, 17)  # Blocks differ (docs/method.md#d8).
 
 
 # ------------------------------------------------------------------------------------------------

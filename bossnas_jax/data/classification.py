@@ -1,5 +1,5 @@
-"""Labelled batches for retraining a BossNet (SPEC I.8.4): the resumable training iterator with the
-host part of DeiT's augmentation, and the evaluation batches.
+"""Labelled batches for retraining a BossNet (docs/method.md#retraining-recipe): the resumable
+training iterator with the host part of DeiT's augmentation, and the evaluation batches.
 
 Host part of one training image (in this order, all with PIL):
   decode -> RandomResizedCrop (config.data.crop_scale, crop_ratio; torchvision's 10 tries and

@@ -1,4 +1,5 @@
-"""Device part of the BossNAS augmentation (SPEC I.6) as pure, jittable JAX functions of a PRNG key.
+"""Device part of the BossNAS augmentation (docs/method.md#augmentations) as pure, jittable JAX
+functions of a PRNG key.
 
 After the host's crop and flip, each view gets, in this order: colour jitter (torchvision's
 ColorJitter(0.4, 0.4, 0.2, 0.1): the four adjustments in a random order, applied with p = 0.8),

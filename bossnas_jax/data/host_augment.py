@@ -1,4 +1,5 @@
-"""Host part of the BossNAS augmentation (SPEC I.6): decode, random resized crop, flip.
+"""Host part of the BossNAS augmentation (docs/method.md#augmentations): decode, random resized
+crop, flip.
 
 One source image gives all its views from a single decode. The crop follows torchvision 0.8's
 `RandomResizedCrop.get_params`; the crop is resized to the output resolution with PIL's bicubic

@@ -1,4 +1,5 @@
-"""Device part of the retraining augmentation (SPEC I.8.4): pure, jittable functions of a PRNG key.
+"""Device part of the retraining augmentation (docs/method.md#retraining-recipe): pure, jittable
+functions of a PRNG key.
 
 On one device's NHWC batch (usable inside shard_map on the local batch), in timm's order:
 normalise (ImageNet mean/std) -> random erasing (part of timm's per-image transform, so per example)

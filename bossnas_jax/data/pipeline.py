@@ -1,12 +1,12 @@
 """Grain input pipelines: the resumable multi-view training iterator, rating and calibration sets.
 
-Randomness (D8): the order of epoch e of block b is a permutation seeded with (seed, b, e); the crop
-and flip of the image at position p of that order are seeded with (seed, b, e, p). Data order and
-views therefore differ per block and per epoch, are reproducible from the seed, and do not depend on
-the number of hosts or workers. Each global batch is the next `global_batch_size` positions of the
-epoch's order; host h takes its contiguous slice of it (`to_global` puts the slices back together as
-one array sharded over the ('data',) mesh). Every batch is full: the last partial batch of an epoch
-is dropped.
+Randomness (docs/method.md#d8): the order of epoch e of block b is a permutation seeded with
+(seed, b, e); the crop and flip of the image at position p of that order are seeded with
+(seed, b, e, p). Data order and views therefore differ per block and per epoch, are reproducible
+from the seed, and do not depend on the number of hosts or workers. Each global batch is the next
+`global_batch_size` positions of the epoch's order; host h takes its contiguous slice of it
+(`to_global` puts the slices back together as one array sharded over the ('data',) mesh). Every
+batch is full: the last partial batch of an epoch is dropped.
 
 Batches are per-host numpy dicts {'views': uint8 (local_batch, V, R, R, 3), 'label': int32
 (local_batch,)}; the device part of the augmentation (`device_augment.device_augment`) runs in the
@@ -34,7 +34,7 @@ TRAIN, RATING, CALIBRATION = 0, 1, 2
 
 
 def epoch_seed(seed: int, block: int, epoch: int) -> int:
-  """The shuffle seed of epoch `epoch` of block `block` (D8)."""
+  """The shuffle seed of epoch `epoch` of block `block` (docs/method.md#d8)."""
   return int(np.random.SeedSequence([seed, TRAIN, block, epoch]).generate_state(1)[0])
 
 
@@ -251,8 +251,9 @@ def rating_set(data: ml_collections.ConfigDict, *, resolution: int, seed: int, r
                source: sources.ImageSource | None = None, process_index: int | None = None,
                process_count: int | None = None,
                device_count: int | None = None) -> FixedViewSet:
-  """Every image of config.data.rating_split (D11: by default training images that block training
-  never sees), in order, with views drawn from (seed, rating_index, image position)."""
+  """Every image of config.data.rating_split (docs/method.md#d11: by default training images that
+  block training never sees), in order, with views drawn from (seed, rating_index, image
+  position)."""
   source = source if source is not None else open_split(data, data.rating_split)
   return _fixed_set(data, source, np.arange(len(source)), resolution=resolution,
                     seed_prefix=(seed, RATING, rating_index), global_batch_size=global_batch_size,
@@ -265,8 +266,9 @@ def calibration_set(data: ml_collections.ConfigDict, *, resolution: int, seed: i
                     source: sources.ImageSource | None = None, process_index: int | None = None,
                     process_count: int | None = None,
                     device_count: int | None = None) -> FixedViewSet:
-  """config.data.calibration_images fixed training images (D6), the same for the whole run: the
-  first ones of a permutation of the training split seeded with `seed`, with fixed views."""
+  """config.data.calibration_images fixed training images (docs/method.md#d6), the same for the
+  whole run: the first ones of a permutation of the training split seeded with `seed`, with fixed
+  views."""
   source = source if source is not None else open_split(data, data.train_split)
   count = int(data.calibration_images)
   if count > len(source):

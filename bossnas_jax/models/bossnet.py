@@ -1,4 +1,5 @@
-"""BossNet, the final network of a searched HyTra architecture (SPEC I.8), in Flax Linen (NHWC).
+"""BossNet, the final network of a searched HyTra architecture (docs/method.md#bossnet), in Flax
+Linen (NHWC).
 
 Build it from a named model (`bossnet_t0`, `bossnet_t0_nose`, `bossnet_t1`), an architecture
 string of the search space ('5433-3230-0010-0000') or a stage encoding:
@@ -47,7 +48,8 @@ from bossnas_jax.models.layers import (
     torch_default_init,
 )
 
-# BossNet's init (SPEC I.8.2): conv kaiming-normal(fan_out, relu); Linear keeps PyTorch's default.
+# BossNet's init (docs/method.md#bossnet-definition): conv kaiming-normal(fan_out, relu); Linear
+# keeps PyTorch's default.
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 # ImageNet normalisation of the official evaluation (timm defaults).

@@ -4,7 +4,8 @@
 maps its variables to the official state_dict keys; all three walk the same `layout(config)`, so
 the block list (kinds, widths, strides, shortcuts, drop-path rates) is decided here once.
 
-The rules are those of the official retraining model (SPEC I.8.1-I.8.2):
+The rules are those of the official retraining model (docs/method.md#bossnet-encoding,
+#bossnet-definition):
   * 4 stages (56, 28, 14, 7 at 224), planes 64·2^i, out = 4·planes; the first block of a stage
     carries the stride: 1, 2, 2 and `last_stride` (2, or 1 for T1). The stride sits in the PEG.
   * a stage with no blocks is one conv3x3 stride 2 (+BN+act) to 4·planes; the official code uses
@@ -30,7 +31,8 @@ EXPANSION = 4
 BASE_PLANES = (64, 128, 256, 512)
 BASE_STEM_CHANNELS = 64
 ACTIVATIONS = ("silu", "relu")
-# The official T0 encoding (SPEC I.8.1): 1 = ResConv, 0 = ResAtt, stages 56 / 28 / 14 / 7.
+# The official T0 encoding (docs/method.md#bossnet-encoding): 1 = ResConv, 0 = ResAtt, stages
+# 56 / 28 / 14 / 7.
 T0_ENCODING = ((1,), (1,), (1, 1, 1, 0, 1), (0, 0, 0, 1, 0, 0, 0, 0, 0))
 
 
@@ -40,7 +42,7 @@ class BossNetSpecError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class BossNetConfig:
-  """A BossNet: stage encoding plus the options of SPEC I.8.2.
+  """A BossNet: stage encoding plus the options of docs/method.md#bossnet-definition.
 
   `encoding` holds 4 stages (56, 28, 14, 7), each a tuple of 1 (ResConv) / 0 (ResAtt).
   `width_multiplier` scales every channel count (1.0 is the paper's network; smaller values are for
@@ -138,14 +140,15 @@ def _check_encoding(encoding) -> tuple[tuple[int, ...], ...]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Named models (SPEC I.8.2) and construction from a searched architecture.
+# Named models (docs/method.md#bossnet-definition) and construction from a searched architecture.
 
 NAMED_MODELS = {
     "bossnet_t0": dict(act="silu", se=True, last_stride=2),
     "bossnet_t0_nose": dict(act="relu", se=False, last_stride=2),
     "bossnet_t1": dict(act="silu", se=True, last_stride=1),
 }
-# Evaluation resolutions of the published figures (SPEC I.8.3): T0^ is T0 at 288, T1^ T1 at 256.
+# Evaluation resolutions of the published figures (docs/method.md#cost): T0^ is T0 at 288, T1^ T1
+# at 256.
 EVAL_RESOLUTIONS = {"bossnet_t0": (224, 288), "bossnet_t0_nose": (224,), "bossnet_t1": (224, 256)}
 
 

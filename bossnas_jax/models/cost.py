@@ -12,15 +12,15 @@ Two conventions:
   for odd sizes). Parameters include batch-norm scales/biases and all biases, so they equal the
   Flax parameter count of the built model exactly (BN running statistics are not parameters).
   MAdds leave out batch norm, activations, softmax, pooling, the SE gate and bias additions.
-* ``"official"`` reproduces the official analytic counter (`boss_madds.py`, SPEC I.8.3) to the
-  unit: no batch norm and no biases, SE on all blocks (ResAtt included), fixed per-stage
+* ``"official"`` reproduces the official analytic counter (`boss_madds.py`, docs/method.md#cost)
+  to the unit: no batch norm and no biases, SE on all blocks (ResAtt included), fixed per-stage
   resolutions (r//4, r//4, r//8, r//16), and an empty stage costed as a 3x3 conv of planes² at the
   stage's nominal stride. For the supernet the official convention adds the `*_d` branches of
   block 0, layer 0 that the official code builds but never runs (bossnas_jax does not build them).
 
 FLOPs for a benchmark are 2·MAdds. Everything is per image.
 
-`python -m bossnas_jax.models.cost` prints the figures of SPEC Part IV.
+`python -m bossnas_jax.models.cost` prints the reference figures of docs/method.md#figures.
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ def residual_parts(*, attention_block: bool, cin: int, width: int, cout: int, in
 
 
 # ------------------------------------------------------------------------------------------------
-# The supernet (SPEC I.1): stem, adapters, candidate ops, necks and predictors.
+# The supernet (docs/method.md#search-space, #siamese): stem, adapters, candidate ops, necks and
+# predictors.
 
 
 def stem_cost(dims: ss.Dims) -> Cost:
@@ -294,7 +295,7 @@ def predictor_cost(in_dim: int = 256, hidden: int = 4096, out: int = 256) -> Cos
 
 
 # ------------------------------------------------------------------------------------------------
-# BossNet (SPEC I.8).
+# BossNet (docs/method.md#bossnet).
 
 
 def _fc(config: bs.BossNetConfig, with_bias: bool) -> Cost:
@@ -481,7 +482,7 @@ def searched_block_cost(block: int, in_scale: int | None, path: Sequence[int],
   return out
 
 
-# The acceptance rows of SPEC Part IV: (label, model, resolution).
+# The acceptance rows of docs/method.md#figures: (label, model, resolution).
 ACCEPTANCE_ROWS = (
     ("T0 w/o SE @224", "bossnet_t0_nose", 224),
     ("T0 @224", "bossnet_t0", 224),

@@ -1,4 +1,5 @@
-"""Projector (with `fix_channels`), predictor and the BYOL-style loss of BossNAS (SPEC I.2)."""
+"""Projector (with `fix_channels`), predictor and the BYOL-style loss of BossNAS
+(docs/method.md#siamese)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ gradients several times faster than as convolutions (../shared/STACK.md), and th
 On the CPU backend the other convolutions are also computed in forms that XLA:CPU differentiates
 far faster than its convolution kernels (`cpu_conv`); the modules and their parameters stay
 `nn.Conv`'s, and on GPU/TPU the convolutions are the plain XLA ones.
-Initialisers follow PyTorch's defaults (SPEC I.2) so that a freshly built model matches the official
-one in distribution.
+Initialisers follow PyTorch's defaults (docs/method.md#siamese) so that a freshly built model
+matches the official one in distribution.
 """
 
 from __future__ import annotations
@@ -254,17 +254,19 @@ _max_pool_taps.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class MHSA(nn.Module):
-  """Multi-head self-attention over all positions, standard form (D4): softmax(q kᵀ/√d) v.
+  """Multi-head self-attention over all positions, standard form (docs/method.md#d4):
+  softmax(q kᵀ/√d) v.
 
   The qkv projection is one bias-free 1x1 conv to 3·heads·dim_head channels, head-major:
   q = channels [0, h·dh), k = [h·dh, 2h·dh), v = the rest; head i of each uses [i·dh, (i+1)·dh).
-  No relative-position embedding and no output projection (SPEC I.1.2).
+  No relative-position embedding and no output projection (docs/method.md#candidate-ops).
   """
 
   heads: int
   dim_head: int
   dtype: Dtype = jnp.float32
-  kernel_init: Any = torch_default_init  # BossNet uses kaiming fan-out (SPEC I.8.2).
+  # BossNet uses kaiming fan-out (docs/method.md#bossnet-definition).
+  kernel_init: Any = torch_default_init
 
   @nn.compact
   def __call__(self, x):

@@ -1,4 +1,5 @@
-"""The supernet's candidate ops (SPEC I.1.2): ResConv and ResAtt, each with two entry branches.
+"""The supernet's candidate ops (docs/method.md#candidate-ops): ResConv and ResAtt, each with two
+entry branches.
 
 An op at scale d takes either same-scale input (`down=False`) or input one scale finer
 (`down=True`, the official `*_d` branch: entry convs at the fine resolution, then a stride-2 PEG,

@@ -1,4 +1,4 @@
-"""The HyTra supernet, one block at a time (SPEC I.1.1-I.1.4).
+"""The HyTra supernet, one block at a time (docs/method.md#search-space).
 
 A block's variables are a flat dict of modules named `layer{i}_op{o}` (candidate op o of layer i),
 plus, in block 0, the stem and the patchify adapters `adapter{d}` from the stem to scale d. The
@@ -7,7 +7,7 @@ forward of one block along one path creates only that path's modules, so
     SupernetBlock(...).apply(path_variables(vars, ...), x, path=..., in_scale=..., train=...)
 
 runs with the path's sub-tree alone, and a gradient taken with respect to that sub-tree touches
-nothing else. No weights are shared between candidates (SPEC I.1.3).
+nothing else. No weights are shared between candidates (docs/method.md#op-index).
 """
 
 from __future__ import annotations

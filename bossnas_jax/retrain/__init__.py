@@ -1,1 +1,2 @@
-"""Supervised retraining of a searched BossNet (SPEC I.8.4, III.6): optim, state, step, loop."""
+"""Supervised retraining of a searched BossNet (docs/method.md#retraining-recipe,
+#retrain-and-evaluate): optim, state, step, loop."""

@@ -1,4 +1,5 @@
-"""Supervised retraining of a BossNet (SPEC I.8.4, III.6): resumable, evaluated every epoch.
+"""Supervised retraining of a BossNet (docs/method.md#retraining-recipe, #retrain-and-evaluate):
+resumable, evaluated every epoch.
 
     results = train_and_evaluate(config, workdir)
 

@@ -1,4 +1,5 @@
-"""The retraining optimizer (SPEC I.8.4): AdamW with warm-up + cosine, no decay on 1-D parameters.
+"""The retraining optimizer (docs/method.md#retraining-recipe): AdamW with warm-up + cosine, no
+decay on 1-D parameters.
 
 The official recipe is DeiT's (timm 0.3.2): AdamW(eps 1e-8, weight decay 0.05, betas 0.9/0.999),
 lr = 5e-4 * global_batch / 512, 5 warm-up epochs from 1e-6, cosine to 1e-5. timm's

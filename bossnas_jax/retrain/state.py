@@ -25,7 +25,7 @@ Tree = Any
 @flax.struct.dataclass
 class TrainState:
   """Everything a retraining step changes. Parameters, statistics and the EMA are float32 whatever
-  the compute dtype (D10)."""
+  the compute dtype (docs/method.md#d10)."""
 
   step: jax.Array          # Optimizer steps taken.
   params: Tree

@@ -1,4 +1,5 @@
-"""LARS as OpenSelfSup implements it (SPEC I.5), with the exclusions of decision D1.
+"""LARS as OpenSelfSup implements it (docs/method.md#optimizer), with the exclusions of
+docs/method.md#d1.
 
 For each parameter tensor with a non-zero gradient:
     local_lr = 1                                   if the tensor is excluded,
@@ -22,10 +23,11 @@ import optax
 
 
 def lars_exclusion_mask(params) -> object:
-  """True for leaves exempt from LARS scaling and weight decay (D1): every bias and every norm
-  scale. In a Flax tree only conv/dense kernels are named 'kernel'; BatchNorm holds 'scale' and
-  'bias', and convs/dense their 'bias'. The decision follows the leaf's name in the tree, so no
-  BatchNorm escapes it the way the official regex over PyTorch names let 210 of 343 escape."""
+  """True for leaves exempt from LARS scaling and weight decay (docs/method.md#d1): every bias and
+  every norm scale. In a Flax tree only conv/dense kernels are named 'kernel'; BatchNorm holds
+  'scale' and 'bias', and convs/dense their 'bias'. The decision follows the leaf's name in the
+  tree, so no BatchNorm escapes it the way the official regex over PyTorch names let 210 of 343
+  escape."""
   return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key != "kernel", params)
 
 

@@ -1,10 +1,12 @@
-"""Block-wise training (SPEC III.3): blocks 0..3 in turn, resumable at any checkpoint.
+"""Block-wise training (docs/method.md#block-training): blocks 0..3 in turn, resumable at any
+checkpoint.
 
 For block b: build the state (or restore the newest verified checkpoint), run the block's epochs of
 ensemble bootstrapping over the candidates of every input scale the previous block hands on, rate
 every candidate toward the population centre, and, for every scale some candidate ends at, freeze
 the best-scored one (with its own chain) as the next block's prefix there: target weights with BN
-statistics recalibrated exactly on the calibration set (D3, D6, III.5).
+statistics recalibrated exactly on the calibration set (docs/method.md#d3, #d6,
+#search-and-export).
 
 Layout of a workdir:
   config.json                 the run's config (a restart with an incompatible one is refused)
@@ -61,7 +63,7 @@ class Frozen:
 
 
 def compute_dtype(name: str):
-  """D10: 'auto' is float32 on CPU and bfloat16 on accelerators."""
+  """'auto' is float32 on CPU and bfloat16 on accelerators (docs/method.md#d10)."""
   if name == "auto":
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
@@ -329,7 +331,8 @@ def load_frozen(directory: str, mesh) -> Frozen:
 def rate_block(run: Run, block: int, state: step_lib.BlockState,
                chains: dict[int, list[Frozen]], epoch: int | None = None
                ) -> dict[int, dict[ss.Path, float]]:
-  """Rates every candidate at every input scale and writes the rank files (SPEC III.4).
+  """Rates every candidate at every input scale and writes the rank files
+  (docs/method.md#rating-design).
 
   `epoch` (default: the block's last) is recorded in the rank files; each rating replaces the
   previous one there and keeps a copy under ratings/history/.
@@ -370,7 +373,7 @@ def rate_block(run: Run, block: int, state: step_lib.BlockState,
 
 def next_chains(run: Run, block: int, state, chains, scores) -> dict[int, list[Frozen]]:
   """For every scale some candidate of `block` ends at, the best-scored such candidate (with its
-  own chain) becomes the next block's prefix there (III.5)."""
+  own chain) becomes the next block's prefix there (docs/method.md#search-and-export)."""
   best: dict[int, tuple[float, int, ss.Path]] = {}
   for s, per in scores.items():
     for p, v in per.items():

@@ -1,4 +1,4 @@
-"""Per-block schedules (SPEC I.4, I.5). Both restart at the start of every block.
+"""Per-block schedules (docs/method.md#ema, #optimizer). Both restart at the start of every block.
 
 `k` is the micro-batch index within the block; an optimizer step after micro-batch k uses the
 values at k, as the official hooks set them before every micro-batch.

@@ -1,12 +1,14 @@
-"""Ensemble bootstrapping for one block (SPEC I.3, Part II D2, D3, D7), as compiled pure functions.
+"""Ensemble bootstrapping for one block (docs/method.md#training-iteration, #d2, #d3, #d7), as
+compiled pure functions.
 
 One micro-batch of block b, with 4 distinct candidates P_0..P_3 drawn for it:
   1. `features`: device augmentation of the 8 views, then the frozen prefix (blocks 0..b-1 along
-     their chosen paths, inference-mode BN, target weights; D3) once per view.
+     their chosen paths, inference-mode BN, target weights; docs/method.md#d3) once per view.
   2. target pass, per path j: target block + projector on views (j, 4 + j) with shuffle-BN (the
      batch permuted across all devices before the pass, un-permuted after); L2-normalised
      projections z_j.
-  3. ensemble targets t1 = mean_j z_j(view j), t2 = mean_j z_j(view 4 + j) (D7: not renormalised).
+  3. ensemble targets t1 = mean_j z_j(view j), t2 = mean_j z_j(view 4 + j) (docs/method.md#d7:
+     not renormalised).
   4. online pass, per path j: loss L(q(o(view j)), t2) + L(q(o(view 4 + j)), t1); its gradient with
      respect to the path's parameters, the projector and the predictor, averaged over devices and
      added to the accumulator (the 4 paths are summed, each divided by `accumulate_steps`).
@@ -20,8 +22,8 @@ paths, tens of seconds each on a CPU). The backward pass of a layer recomputes i
 (rematerialisation at layer boundaries): about a quarter more arithmetic, far less memory. Every
 program is `jax.jit(jax.shard_map(...))` over the 'data' mesh; BatchNorm runs in train mode with
 per-device statistics and each view of a pair is normalised on its own. Running statistics
-gathered while training are never used (ratings and prefixes recalibrate them exactly, D6), so no
-step keeps them.
+gathered while training are never used (ratings and prefixes recalibrate them exactly,
+docs/method.md#d6), so no step keeps them.
 """
 
 from __future__ import annotations
@@ -481,7 +483,8 @@ class BlockTrainer:
 
 def micro_step(trainers: dict[int, BlockTrainer], state: BlockState, acc: Tree, prefix_vars,
                views, key, candidates: Sequence[tuple[int, ss.Path]]):
-  """One micro-batch over candidates that may take input at different scales (III.5).
+  """One micro-batch over candidates that may take input at different scales
+  (docs/method.md#search-and-export).
 
   `trainers` and `prefix_vars` are keyed by input scale: the views go through each needed frozen
   prefix once; then targets with shuffle-BN, the ensemble, and the online passes of all paths.
@@ -493,7 +496,7 @@ def micro_step(trainers: dict[int, BlockTrainer], state: BlockState, acc: Tree, 
   pairs = [take(feats[s], j) for j, (s, _) in enumerate(candidates)]
   zs = [trainer.target(state, s, p, pair, jax.random.fold_in(key, 1 + j))
         for j, ((s, p), pair) in enumerate(zip(candidates, pairs))]
-  targets = sum(zs[1:], zs[0]) / len(zs)  # Mean of normalised projections (D7).
+  targets = sum(zs[1:], zs[0]) / len(zs)  # Mean of normalised projections (docs/method.md#d7).
   losses = []
   for (s, p), pair in zip(candidates, pairs):
     acc, loss = trainer.online(state, acc, s, p, pair, targets)
@@ -503,6 +506,6 @@ def micro_step(trainers: dict[int, BlockTrainer], state: BlockState, acc: Tree, 
 
 def sample_paths(candidates: Sequence, num_paths: int, seed: int, block: int, micro: int):
   """`num_paths` distinct candidates for micro-batch `micro` of `block`: the same on every host,
-  reproducible from the run seed (D8)."""
+  reproducible from the run seed (docs/method.md#d8)."""
   rng = np.random.default_rng([seed, block, micro])
   return [candidates[i] for i in rng.choice(len(candidates), num_paths, replace=False)]
