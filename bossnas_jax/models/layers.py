@@ -1,7 +1,8 @@
 """Building blocks shared by the supernet and BossNet: PyTorch-faithful convs, BN, PEG, MHSA.
 
 Everything is NHWC. 1x1 convolutions are `nn.Dense` on the channel axis: XLA:CPU runs their weight
-gradients several times faster than as convolutions (../shared/STACK.md), and the maths is the same.
+gradients several times faster than as convolutions
+(benchmarks/block_step.py), and the maths is the same.
 On the CPU backend the other convolutions are also computed in forms that XLA:CPU differentiates
 far faster than its convolution kernels (`cpu_conv`); the modules and their parameters stay
 `nn.Conv`'s, and on GPU/TPU the convolutions are the plain XLA ones.
