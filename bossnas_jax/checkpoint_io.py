@@ -1,10 +1,10 @@
 """Verified Orbax checkpoints: save a pytree with a checksum per array, restore and verify.
 
-Orbax restores an array whose data file has a flipped byte silently, with wrong values (checked with
-orbax-checkpoint 0.11-0.12: flip a byte of a saved array's data file and restore). Every save here
-therefore writes, next to the tree (`state` item), a JSON item (`meta`) holding the SHA-256, shape
-and dtype of every array, and every restore recomputes them. `restore` falls back to the newest step
-that verifies and says which steps it skipped.
+Orbax restores an array whose data file has a flipped byte silently, with wrong values (orbax-
+checkpoint 0.12.8: a byte flipped in a saved array's data file restores without an error). Every
+save here therefore writes, next to the tree (`state` item), a JSON item (`meta`) holding the
+SHA-256, shape and dtype of every array, and every restore recomputes them. `restore` falls back to
+the newest step that verifies and says which steps it skipped.
 
     save(directory, step, state, meta={"config": ...})
     state, meta, step = restore(directory)                    # newest valid step
