@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bossnas_jax import files
+from bossnas_jax.infra import errors
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ CHECKSUM_KEY = "checksums"
 FILE_MANIFEST = "bossnas_files.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """No checkpoint could be read and verified."""
 
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from bossnas_jax import checkpoint_io
 from bossnas_jax import search_space as ss
+from bossnas_jax.infra import errors
 from bossnas_jax.models import bossnet_spec as bs
 from bossnas_jax.models import heads, supernet
 
@@ -53,7 +54,7 @@ FORMAT = "bossnas_jax/converted-v1"
 SUPERNET = "supernet"
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """A state_dict that cannot be read or does not match the model."""
 
 

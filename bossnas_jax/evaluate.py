@@ -26,6 +26,7 @@ from PIL import Image
 
 from bossnas_jax import convert, files
 from bossnas_jax.data import host_augment, sources
+from bossnas_jax.infra import errors
 from bossnas_jax.models import bossnet
 
 
@@ -42,6 +43,10 @@ def eval_image(image, resolution: int) -> np.ndarray:
 
 
 NUM_BINS = 15
+
+
+class EvaluateError(errors.UserError, ValueError):
+  """A checkpoint, resolution or evaluation setting that cannot be evaluated."""
 
 
 def bin_index(confidence, num_bins: int = NUM_BINS):
@@ -97,10 +102,11 @@ def load_model(checkpoint: str, *, ema: bool = False):
   if retrain_ckpt.is_retrain_dir(checkpoint):
     return retrain_ckpt.load_bossnet(checkpoint, ema=ema)
   if ema:
-    raise ValueError(f"--ema: {checkpoint} is a single-model checkpoint, not a retraining "
+    raise EvaluateError(f"--ema: {checkpoint} is a single-model checkpoint, not a retraining "
                      "workdir; evaluate its bossnet_ema export or the workdir instead.")
   if not files.isdir(checkpoint):
-    raise FileNotFoundError(f"--checkpoint={checkpoint} does not exist.")
+    raise EvaluateError(f"--checkpoint={checkpoint} does not exist: pass a converted checkpoint, "
+                        "a retraining workdir or its bossnet_raw / bossnet_ema export.")
   return convert.load_bossnet(checkpoint)
 
 
@@ -121,13 +127,19 @@ def evaluate(checkpoint: str, *, name: str, split: str, data_dir: str | None, re
              num_bins: int = NUM_BINS) -> dict[str, float]:
   """Top-1/top-5 and ECE (%) of the BossNet in `checkpoint` (a converted or exported Orbax
   checkpoint, or a retraining workdir; `ema` picks its EMA weights)."""
-  if resolution % 32:
-    raise ValueError(f"--resolution={resolution}: BossNet needs a multiple of 32 (224, 256, 288).")
+  if batch_size < 1:
+    raise EvaluateError(f"--batch_size={batch_size}: the batch size must be at least 1.")
+  if limit is not None and limit < 1:
+    raise EvaluateError(f"--limit={limit}: evaluate at least 1 image (leave --limit out for the "
+                        "whole split).")
+  if resolution < 32 or resolution % 32:
+    raise EvaluateError(f"--resolution={resolution}: BossNet needs a positive multiple of 32 "
+                        "(224, 256, 288).")
   model, variables = load_model(checkpoint, ema=ema)
   source = sources.open_source(name, split, data_dir)
   classes = model.config.num_classes
   if source.num_classes > classes:
-    raise ValueError(f"{name} has {source.num_classes} classes but the checkpoint's classifier "
+    raise EvaluateError(f"{name} has {source.num_classes} classes but the checkpoint's classifier "
                      f"has {classes}: evaluate a network trained for this data set.")
   n = len(source) if limit is None else min(limit, len(source))
   acc = bossnet.TopKAccumulator((1, 5))

@@ -27,6 +27,7 @@ import numpy as np
 from bossnas_jax import files
 from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
+from bossnas_jax.infra import errors
 from bossnas_jax.models import bossnet_spec as bs
 from bossnas_jax.models import cost
 
@@ -40,7 +41,7 @@ BOSSNET_OPTIONS = {"act": "silu", "se": True, "last_stride": 2,
                    "empty_stage_stride": sr.EMPTY_STAGE_STRIDE}
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError, ValueError):
   """A missing or inconsistent architecture.json."""
 
 

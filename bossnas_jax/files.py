@@ -22,10 +22,12 @@ import socket
 import time
 from typing import Any
 
+from bossnas_jax.infra import errors
+
 REWRITE_SECONDS = 30.0  # Between uploads of one growing object (metrics, events, progress).
 
 
-class WorkdirError(ValueError):
+class WorkdirError(errors.UserError, ValueError):
   """A workdir (or other output location) this library cannot use."""
 
 

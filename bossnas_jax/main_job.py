@@ -13,16 +13,11 @@ from jax.experimental import multihost_utils
 
 from bossnas_jax import files, parallel, summary, utils
 from bossnas_jax import search_space as ss
+from bossnas_jax.infra import errors
 from bossnas_jax.train import loop
 
-
-class ConfigError(ValueError):
-  """A config value out of range; the message names the field and the allowed values."""
-
-
-def _require(ok: bool, field: str, value, allowed: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field} = {value!r} is not allowed: {allowed}.")
+ConfigError = errors.ConfigError
+_require = errors.require
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

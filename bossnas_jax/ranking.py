@@ -26,10 +26,11 @@ from bossnas_jax import export, files
 from bossnas_jax import ratings as rt
 from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
+from bossnas_jax.infra import errors
 from bossnas_jax.models import cost
 
 
-class RateError(ValueError):
+class RateError(errors.UserError, ValueError):
   """One architecture that cannot be rated: malformed, or a block without a rating."""
 
 

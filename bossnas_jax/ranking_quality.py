@@ -32,6 +32,7 @@ from bossnas_jax import export, files, ranking
 from bossnas_jax import ratings as rt
 from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
+from bossnas_jax.infra import errors
 
 FORMAT_VERSION = 1
 # Bumped whenever proxies.naswot changes what it computes: stored values of another version are
@@ -42,7 +43,7 @@ _FIXED_SETTINGS = ("recipe", "metric", "num", "two_seeds", "madds_band", "sample
                    "proxy_images")
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(errors.UserError, ValueError):
   """Bad benchmark settings, or stored results that belong to another plan."""
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 
 from bossnas_jax import files
 from bossnas_jax import search_space as ss
+from bossnas_jax.infra import errors
 from bossnas_jax.models import cost
 
 RATINGS_DIR = "ratings"
@@ -33,7 +34,7 @@ _NAME = re.compile(r"^block(\d+)_in(\d+)\.json$")
 Scores = dict[ss.Path, float]
 
 
-class RatingsError(ValueError):
+class RatingsError(errors.UserError, ValueError):
   """A missing, malformed or inconsistent rank file; the message names the file and the fix."""
 
 

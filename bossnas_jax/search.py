@@ -19,7 +19,7 @@ through small per-(block, scale) tables instead of by building networks:
   both parents change scale alike, per-block mutation; every child is a valid chain under the
   budgets (partial chains are only extended where some completion still fits).
 * ``greedy``: the official rule: block by block the best-scored candidate, the next block from its
-  output scale. It ignores budgets, and the result says when it breaks one.
+  output scale. It cannot respect a budget, so a budget with it is refused.
 
 Searched architectures are costed with every stage at its own stride (`empty_stage_stride =
 "stage"`): a path starting at 28x28 leaves BossNet's stage 1 empty, and the official layout would
@@ -37,6 +37,7 @@ import numpy as np
 
 from bossnas_jax import ratings as rt
 from bossnas_jax import search_space as ss
+from bossnas_jax.infra import errors
 from bossnas_jax.models import cost
 
 STRATEGIES = ("evolution", "exhaustive", "greedy")
@@ -46,7 +47,7 @@ NORMALIZATIONS = ("none", "zscore", "rank")
 EMPTY_STAGE_STRIDE = "stage"
 
 
-class SearchError(ValueError):
+class SearchError(errors.UserError, ValueError):
   """Bad search settings, missing rank files or a budget no architecture meets."""
 
 
@@ -56,7 +57,7 @@ class SearchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
-  strategy: str = "evolution"
+  strategy: str = "exhaustive"     # As the main job's config (configs/hytra.py).
   max_madds: float | None = None   # Budget on the final BossNet, in `convention`.
   max_params: float | None = None
   resolution: int = 224            # Input side of the final BossNet (not of the supernet).
@@ -83,6 +84,11 @@ class SearchSettings:
       v = getattr(self, f)
       if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
         bad(f, "a positive number, or None for no budget")
+    if self.strategy == "greedy" and (self.max_madds or self.max_params):
+      raise SearchError(
+          "strategy='greedy' is the official rule and cannot respect a budget "
+          f"({self.describe_budget()}); search under a budget with strategy 'exhaustive' (exact) "
+          "or 'evolution', or drop the budget for the greedy choice.")
     if not isinstance(self.resolution, int) or self.resolution <= 0 or self.resolution % 32:
       bad("resolution", "a positive multiple of 32 such as 224 or 256")
     if self.population < 2:
@@ -597,11 +603,8 @@ def search(problem: Problem, settings: SearchSettings) -> SearchResult:
   front = pareto_front(problem)
   optimum = best_within(front, settings)
   notes = []
-  if settings.strategy == "greedy":
+  if settings.strategy == "greedy":  # (Never with a budget: SearchSettings refuses it.)
     chosen, evaluated = greedy(problem), ss.NUM_BLOCKS
-    if settings.max_madds or settings.max_params:
-      notes.append("greedy is the official rule and ignores the budget"
-                   + ("" if within(chosen.cost, settings) else "; its choice breaks it"))
   elif settings.strategy == "exhaustive":
     chosen, evaluated = optimum, problem.num_architectures
   else:

@@ -19,6 +19,8 @@ import functools
 import itertools
 from collections.abc import Sequence
 
+from bossnas_jax.infra import errors
+
 NUM_BLOCKS = 4
 LAYERS_PER_BLOCK = 4
 NUM_SCALES = 4
@@ -61,7 +63,7 @@ NUM_OPS = len(OPS)
 Path = tuple[int, ...]
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(errors.UserError, ValueError):
   """A malformed or invalid path or architecture string."""
 
 

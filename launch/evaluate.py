@@ -9,15 +9,12 @@ EMA weights). Without --data_dir it reads the embedded default data (Fashion-MNI
 ECE: expected calibration error over 15 equal-width confidence bins.
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+from absl import flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from bossnas_jax import evaluate  # noqa: E402
-from bossnas_jax.data import embedded  # noqa: E402
+from bossnas_jax import evaluate
+from bossnas_jax.data import embedded
+from bossnas_jax.infra import cli
 
 _CKPT = flags.DEFINE_string("checkpoint", None, "BossNet checkpoint folder (bossnas_jax.convert).")
 _NAME = flags.DEFINE_string("name", None, "TFDS data set (default: the embedded Fashion-MNIST).")
@@ -45,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

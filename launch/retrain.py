@@ -11,15 +11,13 @@ string ('5433-3230-0010-0000') or an architecture.json; it overrides config.mode
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+from absl import flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from bossnas_jax import files, parallel, utils  # noqa: E402
-from bossnas_jax.retrain import loop  # noqa: E402
+from bossnas_jax import files, parallel, utils
+from bossnas_jax.infra import cli
+from bossnas_jax.retrain import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a get_config file).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics, results and exports.")
@@ -30,16 +28,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments {argv[1:]}; every input is a --flag (see --help).",
+             cli.USAGE_STATUS)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   parallel.maybe_initialize_distributed()
   config = _CONFIG.value
-  if _ARCH.value:
+  if _ARCH.value is not None:  # (An empty --arch= is an error below, not "the config's".)
     config.model.arch = _ARCH.value
   utils.enable_compilation_cache(os.path.join(files.check_workdir(_WORKDIR.value), "jax_cache"))
   loop.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -24,7 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="Workdir of a main job (holds ratings/).")
   p.add_argument("--strategy", choices=search.STRATEGIES, default=None,
-                 help="evolution (default), exhaustive (exact) or greedy (official, no budget).")
+                 help="exhaustive (exact; the default), evolution (the paper's) or greedy (the "
+                 "official rule; no budget).")
   p.add_argument("--max_madds", type=float, default=None, help="MAdds budget, e.g. 2.5e9.")
   p.add_argument("--max_params", type=float, default=None, help="Parameter budget, e.g. 30e6.")
   p.add_argument("--resolution", type=int, default=None, help="BossNet input side (224).")

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from bossnas_jax.data import device_augment, host_augment, pipeline
+from bossnas_jax.infra import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/hytra.py).")
 _OUT = flags.DEFINE_string("out", "views.png", "Where to write the picture (PNG).")
@@ -86,4 +87,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

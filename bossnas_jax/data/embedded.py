@@ -18,6 +18,8 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+from bossnas_jax.infra import errors
+
 NAME = "embedded_fashion_mnist"
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
@@ -34,7 +36,7 @@ _FIX = ("Install the files with `apt-get install dataset-fashion-mnist`, or put 
         "$BOSSNAS_FASHION_MNIST_DIR or the idx_dir argument.")
 
 
-class EmbeddedDataError(FileNotFoundError):
+class EmbeddedDataError(errors.UserError, FileNotFoundError):
   """The IDX files of the embedded data set are missing or malformed."""
 
 

@@ -29,11 +29,12 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from bossnas_jax.data import embedded
+from bossnas_jax.infra import errors
 
 ARRAY_RECORD = "array_record"
 
 
-class DataSourceError(ValueError):
+class DataSourceError(errors.UserError, ValueError):
   """A data set, split or data_dir that cannot be read; the message says what to do."""
 
 

@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from bossnas_jax import search_space as ss
+from bossnas_jax.infra import errors
 
 NUM_STAGES = 4
 EXPANSION = 4
@@ -36,7 +37,7 @@ ACTIVATIONS = ("silu", "relu")
 T0_ENCODING = ((1,), (1,), (1, 1, 1, 0, 1), (0, 0, 0, 1, 0, 0, 0, 0, 0))
 
 
-class BossNetSpecError(ValueError):
+class BossNetSpecError(errors.UserError, ValueError):
   """A malformed BossNet encoding, architecture, model name or resolution."""
 
 

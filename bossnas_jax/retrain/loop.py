@@ -23,6 +23,7 @@ import tqdm
 
 from bossnas_jax import checkpoint_io, convert, files, parallel
 from bossnas_jax.data import classification, mixing
+from bossnas_jax.infra import errors
 from bossnas_jax.models import bossnet, cost
 from bossnas_jax.models import bossnet_spec as bs
 from bossnas_jax.retrain import checkpoints, optim
@@ -36,13 +37,8 @@ RESULTS = "results.json"
 EXPORTS = {"raw": "bossnet_raw", "ema": "bossnet_ema"}
 
 
-class TrainingError(RuntimeError):
-  """A run that cannot go on (a NaN loss); the message says what is kept and what to do."""
-
-
-def _require(ok: bool, field: str, value, allowed: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field} = {value!r} is not allowed: {allowed}.")
+TrainingError = errors.TrainingError
+_require = errors.require
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bossnas_jax import export
+from bossnas_jax.infra import errors
 from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
 
@@ -55,8 +56,7 @@ def ema_update(ema: Tree, new: Tree, decay) -> Tree:
   return jax.tree.map(lambda e, x: e + (1.0 - decay) * (x - e), ema, new)
 
 
-class ConfigError(ValueError):
-  """A retraining config value out of range; the message names the field and the fix."""
+ConfigError = errors.ConfigError
 
 
 def _is_json_path(arch: str) -> bool:

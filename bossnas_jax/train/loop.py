@@ -37,6 +37,7 @@ import tqdm
 from bossnas_jax import calibration, checkpoint_io, files, parallel
 from bossnas_jax import search_space as ss
 from bossnas_jax.data import device_augment, pipeline
+from bossnas_jax.infra import errors
 from bossnas_jax.models import supernet
 from bossnas_jax.train import lars as lars_lib
 from bossnas_jax.train import metrics as metrics_lib
@@ -46,8 +47,7 @@ from bossnas_jax.train import step as step_lib
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
-  """A run that cannot go on (a NaN loss, say); the message says where and what is kept."""
+TrainingError = errors.TrainingError
 
 
 @dataclasses.dataclass

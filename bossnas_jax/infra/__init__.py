@@ -1,0 +1,1 @@
+"""Infrastructure every stage uses: error types and the launch scripts' error handling."""
