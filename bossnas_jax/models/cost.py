@@ -30,6 +30,7 @@ import functools
 from collections.abc import Iterable, Sequence
 
 from bossnas_jax import search_space as ss
+from bossnas_jax.infra import errors
 from bossnas_jax.models import bossnet_spec as bs
 
 CONVENTIONS = ("true", "official")
@@ -525,9 +526,50 @@ def report() -> str:
   return "\n".join(lines)
 
 
-def main() -> None:
-  print(report())
+def network_report(arch: str, resolution: int = 224, width_multiplier: float = 1.0,
+                   num_classes: int = 1000, dim_head: int = 64) -> str:
+  """MAdds and params of one BossNet (a named model or an architecture string) in both
+  conventions."""
+  config = bs.resolve_config(arch, width_multiplier=width_multiplier, num_classes=num_classes,
+                             dim_head=dim_head)
+  bs.check_resolution(resolution)
+  true, off = (bossnet_cost(config, resolution, c) for c in ("true", "official"))
+  return (f"{arch} at {resolution}x{resolution}, width x{width_multiplier:g}, {num_classes} "
+          f"classes, dim_head {dim_head}:\n"
+          f"  true convention:     {true.madds:>15,} MAdds {true.params:>12,} params\n"
+          f"  official counter:    {off.madds:>15,} MAdds {off.params:>12,} params")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m bossnas_jax.models.cost` prints the reference table; with --arch, one network."""
+  import argparse
+  import sys
+
+  p = argparse.ArgumentParser(
+      prog="python -m bossnas_jax.models.cost",
+      description="Without --arch: the reference table (T0, T1 and the supernet). With --arch: "
+                  "the MAdds and parameters of one BossNet in both conventions.")
+  p.add_argument("--arch", help="bossnet_t0, bossnet_t0_nose, bossnet_t1 or an architecture "
+                 "string such as 5433-3230-0010-0000.")
+  p.add_argument("--resolution", type=int, default=224, help="Input side (a multiple of 32).")
+  p.add_argument("--width_multiplier", type=float, default=1.0, help="Channels times this.")
+  p.add_argument("--num_classes", type=int, default=1000, help="Classifier outputs.")
+  p.add_argument("--dim_head", type=int, default=64, help="Attention head width (8 in the demo).")
+  args = p.parse_args(argv)
+  if args.arch is None:
+    if (args.resolution, args.width_multiplier, args.num_classes, args.dim_head) != (
+        224, 1.0, 1000, 64):
+      p.error("--resolution, --width_multiplier, --num_classes and --dim_head need --arch.")
+    print(report())
+    return 0
+  try:
+    print(network_report(args.arch, args.resolution, args.width_multiplier, args.num_classes,
+                         args.dim_head))
+  except (errors.UserError, ValueError) as e:
+    print(f"{p.prog}: error: {e}", file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())
