@@ -135,3 +135,17 @@ def test_tfrecord_without_tensorflow(small_cache, tmp_path):
   assert "stored as tfrecord" in message and "TensorFlow is not installed" in message
   assert os.path.join(data_dir, "my_records", "1.0.0") in message
   assert "bossnas_jax[tensorflow]" in message and "--file_format=array_record" in message
+
+
+def test_a_named_data_dir_must_exist(small_cache, tmp_path):
+  missing = str(tmp_path / "typo")  # (Other data sets: test_missing_data_dir.)
+  with pytest.raises(sources.DataSourceError, match="data_dir .*typo.* does not exist"):
+    sources.open_source(embedded.NAME, "train", missing)
+  assert not os.path.exists(missing)  # Nothing was created there.
+
+
+def test_read_fetches_a_batch_as_indexing_does(small_cache):
+  source = sources.open_source(embedded.NAME, "train", small_cache)
+  indices = [7, 0, 99, 7]
+  assert [(bytes(i), label) for i, label in source.read(indices)] == [
+      (bytes(source[i][0]), source[i][1]) for i in indices]

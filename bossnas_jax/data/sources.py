@@ -208,6 +208,13 @@ def open_source(name: str, split: str, data_dir: str | None = None, *,
   where, and how to fix it.
   """
   if name == embedded.NAME:
+    if data_dir is not None and "://" not in os.fspath(data_dir) and not os.path.isdir(data_dir):
+      # Only the default cache folder is ever created: a folder the user names must exist, so
+      # that a typo is not silently filled with a fresh copy of the embedded data set.
+      raise DataSourceError(
+          f"data_dir {os.fspath(data_dir)!r} does not exist. Check config.data.data_dir (or "
+          "--data_dir), or leave it unset: the embedded data set is then prepared once in the "
+          "cache folder.")
     data_dir = embedded.prepare_embedded(data_dir)
     builder = tfds.builder(name, data_dir=data_dir)
   else:
