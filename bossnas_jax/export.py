@@ -370,6 +370,26 @@ def summarize(result: sr.SearchResult, costs: dict[str, cost.Cost],
   return "\n".join(lines)
 
 
+SEARCHES = "search"  # A re-search's exports: WORKDIR/search/<its settings' tag>/.
+
+
+def search_tag(settings: sr.SearchSettings) -> str:
+  """A folder name that says what a re-search searched for, e.g. 'exhaustive_madds0.08G_res224'."""
+  parts = [settings.strategy]
+  if settings.max_madds:
+    parts.append(f"madds{settings.max_madds / 1e9:g}G")
+  if settings.max_params:
+    parts.append(f"params{settings.max_params / 1e6:g}M")
+  if (settings.max_madds or settings.max_params) and settings.convention != "true":
+    parts.append(settings.convention)
+  parts.append(f"res{settings.resolution}")
+  if settings.normalize != "none":
+    parts.append(settings.normalize)
+  if settings.strategy == "evolution":
+    parts.append(f"seed{settings.seed}")
+  return "_".join(parts)
+
+
 def search_and_export(workdir: str, config_or_args=None, *, out_dir: str | None = None,
                       log: Callable[[str], None] | None = print, **overrides) -> ExportResult:
   """Searches the rank files of `workdir` and exports the choice (into `out_dir`, default the

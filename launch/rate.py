@@ -14,13 +14,10 @@ status is 1.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-
-from bossnas_jax import files, ranking, search  # noqa: E402
-from bossnas_jax import ratings as rt  # noqa: E402
+from bossnas_jax import files, ranking
+from bossnas_jax.infra import errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,8 +43,8 @@ def main(argv=None) -> int:
     if not archs:
       raise ranking.RateError("no architecture given: pass strings, or --archs FILE.")
     run, results = ranking.rate(args.workdir, archs, args.resolution, args.normalize)
-  except (ranking.RateError, rt.RatingsError, search.SearchError) as e:
-    print(f"launch/rate.py: {e}", file=sys.stderr)
+  except errors.UserError as e:
+    print(f"launch/rate.py: error: {e}", file=sys.stderr)
     return 2
   print(ranking.format_table(run, results))
   if args.json:

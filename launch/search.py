@@ -5,8 +5,9 @@ r"""Re-run the architecture search on a main job's saved ratings, e.g. with anot
       --strategy exhaustive --resolution 224
 
 Settings come from the run's config.json (its `search` section and `seed`) where it has one, then
-from these flags. Writes architecture.json, retrain_config.py and two plots into --out (default:
-the workdir) and prints the chosen network, its cost and the files.
+from these flags. Writes architecture.json, retrain_config.py and two plots into --out, by default
+WORKDIR/search/<strategy, budget, resolution...>/ (the main job's own choice in WORKDIR stays as it
+is), and prints the chosen network, its cost and the files.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-
-from bossnas_jax import export, files, search  # noqa: E402
+from bossnas_jax import export, files, search
+from bossnas_jax.infra import errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--normalize", choices=search.NORMALIZATIONS, default=None,
                  help="Block scores as rated (none) or normalised per rank file (zscore, rank).")
   p.add_argument("--seed", type=int, default=None, help="Seed of the evolution.")
-  p.add_argument("--out", default=None, help="Where to write the export (default: --workdir).")
+  p.add_argument("--out", default=None, help="Where to write the export (default: "
+                 "WORKDIR/search/TAG, TAG naming the strategy, budget and resolution).")
   return p.parse_args(argv)
 
 
@@ -49,10 +50,12 @@ def main(argv=None) -> export.ExportResult:
   flags = {k: getattr(args, k) for k in ("strategy", "max_madds", "max_params", "resolution",
                                          "convention", "normalize", "seed")}
   try:
-    return export.search_and_export(args.workdir, saved_config(args.workdir), out_dir=args.out,
-                                    **flags)
-  except ValueError as e:  # Our errors say what is wrong and how to fix it: no traceback.
-    sys.exit(f"launch/search.py: {e}")
+    config = saved_config(args.workdir)
+    out = args.out or os.path.join(args.workdir, export.SEARCHES,
+                                   export.search_tag(search.settings_from(config, **flags)))
+    return export.search_and_export(args.workdir, config, out_dir=out, **flags)
+  except errors.UserError as e:  # Our errors say what is wrong and how to fix it: no traceback.
+    sys.exit(f"launch/search.py: error: {e}")
 
 
 if __name__ == "__main__":

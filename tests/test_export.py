@@ -125,9 +125,15 @@ def test_launch_search_with_a_smaller_budget(tmp_path, capsys):
   with open(os.path.join(d, "config.json"), "w") as f:  # As the main job saves it.
     json.dump({"seed": 5, "search": {"strategy": "evolution", "population": 30,
                                      "generations": 10, "max_madds": None}}, f)
+  main_job_export = export.search_and_export(d, json.load(open(os.path.join(d, "config.json"))),
+                                             log=None)  # As the main job exports its choice.
   first = launch_search.main(["--workdir", d])
   big = first.search.chosen.cost.madds
   assert first.search.settings.seed == 5 and first.search.settings.population == 30
+  # A re-search writes beside the main job's choice, in a folder named after its settings.
+  assert first.files["architecture_json"] == os.path.join(
+      d, "search", "evolution_res224_seed5", export.ARCHITECTURE_JSON)
+  assert first.architecture == main_job_export.architecture
   # No searched BossNet is half as costly as another (3.07G..5.32G at 224): a clear error.
   with pytest.raises(SystemExit, match="smallest MAdds any architecture reaches is"):
     launch_search.main(["--workdir", d, "--max_madds", str(big / 2)])
@@ -142,8 +148,12 @@ def test_launch_search_with_a_smaller_budget(tmp_path, capsys):
   assert export.load_architecture(second.files["architecture_json"])[0] == chosen.architecture
   printed = capsys.readouterr().out
   assert f"chosen: {chosen.architecture}" in printed and out in printed
-  # The first run's export in the workdir is left alone.
+  # The main job's export in the workdir is left alone by both.
   assert export.load_architecture(os.path.join(d, "architecture.json"))[0] == first.architecture
+  third = launch_search.main(["--workdir", d, "--strategy", "exhaustive", "--max_madds",
+                              f"{budget:.6g}", "--max_params", "40e6"])
+  assert os.path.basename(os.path.dirname(third.files["architecture_json"])) == (
+      f"exhaustive_madds{float(f'{budget:.6g}') / 1e9:g}G_params40M_res224")
 
 
 def test_launch_search_errors(tmp_path):
@@ -163,7 +173,7 @@ def test_search_and_export_in_a_bucket(exported, bucket_dir, capsys):
   write_synthetic_ratings(bucket_dir, seed=3, per_scale=4)
   files.write_json(os.path.join(bucket_dir, "config.json"),
                    {"search": {"strategy": "exhaustive", "max_params": 60e6}})
-  got = launch_search.main(["--workdir", bucket_dir])
+  got = launch_search.main(["--workdir", bucket_dir, "--out", bucket_dir])
   assert got.architecture == res.architecture
   assert sorted(files.listdir(bucket_dir)) == sorted(
       ["config.json", "ratings", export.ARCHITECTURE_JSON, export.RETRAIN_CONFIG,
