@@ -462,7 +462,13 @@ def _check_bossnet_fits(state_dict: Mapping[str, Any], config: bs.BossNetConfig)
   has_se = any(".se.fc1." in k for k in state_dict)
   has_conv = any(t == 1 for s in config.encoding for t in s)
   if has_conv and has_se != config.se:
-    hint = "bossnet_t0_nose or se=False" if not has_se else "bossnet_t0 / bossnet_t1 or se=True"
+    # The activation has no weights, so it cannot be read from the checkpoint: the hint names it
+    # too (the official networks with SE use SiLU, T0-nose without SE uses ReLU).
+    hint = ("--model bossnet_t0_nose (ReLU, no SE), or for another architecture --se no with the "
+            "activation it was trained with (--act relu for the official networks without SE)"
+            if not has_se else
+            "--model bossnet_t0 / bossnet_t1 (SiLU, SE), or for another architecture --se yes "
+            "with the activation it was trained with (--act silu for the official SE networks)")
     raise ConversionError(
         f"the checkpoint {'has' if has_se else 'has no'} SE modules (se.fc1/se.fc2), the model "
         f"has se={config.se}; use {hint}.")
@@ -476,7 +482,9 @@ def import_bossnet(state_dict: Mapping[str, np.ndarray], model, *,
   config = bs.resolve_config(model)
   _check_bossnet_fits(state_dict, config)
   variables, report = _import(state_dict, _bossnet_table(config), _bossnet_shapes(config), [],
-                              f"BossNet {config.name or ss.format_stage_encoding(config.encoding)}")
+                              f"BossNet {config.name or ss.format_stage_encoding(config.encoding)}"
+                              f" (activation {config.act}, SE {'on' if config.se else 'off'}; "
+                              "the checkpoint records both)")
   if strict:
     report.raise_if_errors()
   return variables, report
@@ -760,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(report.summary())
+  if args.se == "no" and not args.act and args.model != SUPERNET:
+    print("note: --se no kept the activation of --model; the official networks without SE "
+          "(T0-nose) use ReLU: convert with --act relu if this checkpoint does.")
   print(f"saved {args.output}")
   return 0
 

@@ -190,8 +190,11 @@ def test_wrong_key_wrong_shape_and_model_mismatch(tiny_t0):
   assert (len(report.unmatched), len(report.missing), len(report.mis_shaped)) == (1, 1, 1)
   with pytest.raises(convert.ConversionError, match="encoding"):
     convert.import_bossnet(sd, TINY_T0.replace(encoding=((1,), (1,), (1, 1, 1, 1, 1), (0,) * 9)))
-  with pytest.raises(convert.ConversionError, match="SE modules"):
+  with pytest.raises(convert.ConversionError, match="SE modules") as e:
     convert.import_bossnet(sd, TINY_T0.replace(se=False))
+  assert "--se yes" in str(e.value) and "--act silu" in str(e.value)  # Both, not SE alone.
+  _, report = convert.import_bossnet(sd, TINY_T0)
+  assert f"activation {TINY_T0.act}, SE on" in report.summary()
   with pytest.raises(convert.ConversionError, match="not a HyTra search checkpoint"):
     convert.import_supernet(sd)
 
