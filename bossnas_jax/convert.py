@@ -619,6 +619,16 @@ def load_state_dict(path: str, *, key: str | None = None,
   """
   if not os.path.isfile(path):
     raise ConversionError(f"{path}: no such file.")
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  # Both an .npz and a PyTorch >= 1.6 checkpoint are zip archives; an older one is a pickle
+  # (protocol 2+ starts with 0x80). Anything else is not a checkpoint at all: say so, rather than
+  # pass on the reader's advice about pickles.
+  if magic != b"PK\x03\x04" and not (magic[:1] == b"\x80" and not path.endswith(".npz")):
+    kind = ".npz (a zip archive of arrays)" if path.endswith(".npz") else (
+        "PyTorch checkpoint (a zip archive or a pickle)")
+    raise ConversionError(f"{path} is not a checkpoint: it is not a {kind}. Pass the file "
+                          "torch.save or np.savez wrote.")
   if path.endswith(".npz"):
     try:
       with np.load(path, allow_pickle=False) as z:
@@ -764,8 +774,8 @@ def main(argv: list[str] | None = None) -> int:
       config["num_classes"] = args.num_classes
     report = convert_file(args.input, args.output, args.model, key=args.key,
                           allow_pickle=args.allow_pickle, dim_head=args.dim_head, **config)
-  except (ConversionError, bs.BossNetSpecError, checkpoint_io.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except errors.UserError as e:  # Ours name the file and the fix: no traceback.
+    print(f"python -m bossnas_jax.convert: error: {e}", file=sys.stderr)
     return 2
   print(report.summary())
   if args.se == "no" and not args.act and args.model != SUPERNET:

@@ -114,6 +114,10 @@ def load_architecture(path: str) -> tuple[ss.Architecture, dict]:
     raise ExportError(f"{path} does not exist; run launch/search.py --workdir DIR first.") from None
   except (OSError, ValueError) as e:  # JSON or UTF-8 decoding
     raise ExportError(f"{path} is not readable JSON ({e}).") from None
+  if not isinstance(record, dict):
+    raise ExportError(
+        f"{path} is not an architecture.json: it holds a JSON {type(record).__name__}, not an "
+        "object with an 'architecture' string such as launch/search.py writes.")
   try:
     arch = ss.parse_architecture(record["architecture"])
   except (KeyError, TypeError, ss.SearchSpaceError) as e:

@@ -206,6 +206,16 @@ def read_architecture_list(path: str) -> list[str]:
     raise RateError(f"--archs {path} does not exist.") from None
   except (OSError, UnicodeDecodeError) as e:
     raise RateError(f"--archs {path} is not a readable text file ({e}).") from None
+  if text.lstrip().startswith("["):  # A JSON list of architecture strings.
+    try:
+      listed = json.loads(text)
+    except ValueError as e:
+      raise RateError(f"--archs {path} looks like JSON but does not parse ({e}).") from None
+    if not all(isinstance(a, str) for a in listed):
+      raise RateError(f"--archs {path}: a JSON list must hold architecture strings only.")
+    if not listed:
+      raise RateError(f"--archs {path} holds no architecture (an empty list).")
+    return listed
   if text.lstrip().startswith("{"):
     try:
       json.loads(text)

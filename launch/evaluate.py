@@ -10,7 +10,7 @@ ECE: expected calibration error over 15 equal-width confidence bins.
 """
 
 
-from absl import flags, logging
+from absl import flags
 
 from bossnas_jax import evaluate
 from bossnas_jax.data import embedded
@@ -30,7 +30,6 @@ flags.mark_flags_as_required(["checkpoint"])
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   name = _NAME.value or (embedded.NAME if _DATA_DIR.value is None else "imagenet2012")
   split = _SPLIT.value or ("test" if name == embedded.NAME else "validation")
   resolution = _RES.value or evaluate.default_resolution(_CKPT.value)

@@ -12,7 +12,7 @@ string ('5433-3230-0010-0000') or an architecture.json; it overrides config.mode
 
 import os
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from bossnas_jax import files, parallel, utils
@@ -30,8 +30,6 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}; every input is a --flag (see --help).",
              cli.USAGE_STATUS)
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   parallel.maybe_initialize_distributed()
   config = _CONFIG.value
   if _ARCH.value is not None:  # (An empty --arch= is an error below, not "the config's".)

@@ -12,6 +12,8 @@ grayscale, B blur with its sigma, S solarize.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from absl import flags
@@ -44,14 +46,24 @@ def main(argv) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  if not _OUT.value.lower().endswith(".png") or os.path.isdir(_OUT.value):
+    cli.fail(f"--out={_OUT.value}: give the path of a .png file to write, e.g. views.png.")
   config = _CONFIG.value
   data, resolution = config.data, int(config.model.resolution)
   seed = config.seed if _SEED.value is None else _SEED.value
   if _IMAGE.value:
-    with open(_IMAGE.value, "rb") as f:
-      image, caption = f.read(), _IMAGE.value
+    try:
+      with open(_IMAGE.value, "rb") as f:
+        image, caption = f.read(), _IMAGE.value
+      host_augment.open_image(image).load()
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError.
+      cli.fail(f"--image={_IMAGE.value}: not an image file PIL can read "
+               f"({type(e).__name__}: {str(e).split(' <')[0]}).")
   else:
     source = pipeline.open_split(data, data.train_split)
+    if not 0 <= _INDEX.value < len(source):
+      cli.fail(f"--index={_INDEX.value}: {data.name}:{data.train_split} has {len(source):,} "
+               f"images; give an index from 0 to {len(source) - 1}.")
     image, label = source[_INDEX.value]
     caption = f"{data.name} {data.train_split} #{_INDEX.value}, label {label}"
   num_views = 2 * int(data.num_pairs)
@@ -81,7 +93,10 @@ def main(argv) -> None:
     ax.set_yticks([])
   fig.suptitle(f"{caption} ({original.shape[1]}x{original.shape[0]}) -> {num_views} views at "
                f"{resolution}", fontsize=10)
-  fig.savefig(_OUT.value, dpi=100)
+  try:
+    fig.savefig(_OUT.value, dpi=100)
+  except OSError as e:
+    cli.fail(f"--out={_OUT.value}: cannot write the picture there ({e.strerror or e}).")
   print(f"Wrote {_OUT.value}")
 
 

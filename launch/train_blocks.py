@@ -3,7 +3,7 @@ r"""BossNAS main job: block-wise training, rating, search and export.
   python launch/train_blocks.py --config configs/hytra.py:demo --workdir runs/demo
 """
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from bossnas_jax import main_job
@@ -18,8 +18,6 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}; every input is a --flag (see --help).",
              cli.USAGE_STATUS)
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   main_job.run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -110,3 +110,18 @@ def test_help_exits_0_and_explains_config_overrides(script):
   result = _run(os.path.join("launch", script), "--help")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "--workdir" in result.stdout and "--config.FIELD=VALUE" in result.stdout
+
+
+def test_show_views_refuses_a_bad_index_image_or_out(tmp_path):
+  not_image = tmp_path / "notes.png"
+  not_image.write_text("not an image")
+  config = ("--config", "configs/hytra.py:demo")
+  line = _one_error_line(_run("launch/show_views.py", *config, "--index=999999",
+                              f"--out={tmp_path / 'v.png'}"), 1, "launch/show_views.py")
+  assert "--index=999999" in line and "give an index from 0 to" in line
+  line = _one_error_line(_run("launch/show_views.py", *config, f"--image={not_image}",
+                              f"--out={tmp_path / 'v.png'}"), 1, "launch/show_views.py")
+  assert str(not_image) in line and "not an image file" in line
+  line = _one_error_line(_run("launch/show_views.py", *config, f"--out={tmp_path}"), 1,
+                         "launch/show_views.py")
+  assert "give the path of a .png file" in line

@@ -211,9 +211,16 @@ def test_unreadable_files(tiny_t0, tmp_path, monkeypatch):
     convert.load_state_dict(cut)
   with pytest.raises(convert.ConversionError, match="no such file"):
     convert.load_state_dict(str(tmp_path / "absent.npz"))
+  for name in ("fake.npz", "fake.pth"):  # Neither a zip archive nor a pickle: not a checkpoint.
+    fake = str(tmp_path / name)
+    with open(fake, "wb") as f:
+      f.write(b"not a checkpoint")
+    with pytest.raises(convert.ConversionError, match="is not a checkpoint") as e:
+      convert.load_state_dict(fake)
+    assert "pickle=" not in str(e.value)  # No advice about pickles that leads nowhere.
   pth = str(tmp_path / "t0.pth")
   with open(pth, "wb") as f:
-    f.write(b"not a checkpoint")
+    f.write(b"PK\x03\x04 a zip archive as torch.save writes")
   monkeypatch.setitem(sys.modules, "torch", None)  # as if the extra were not installed
   with pytest.raises(convert.ConversionError, match=r"bossnas_jax\[torch\]"):
     convert.load_state_dict(pth)

@@ -93,6 +93,7 @@ def test_missing_split(small_cache):
     sources.open_source(embedded.NAME, "validation", small_cache)
   message = str(info.value)
   assert "no split 'validation'" in message and "'train': 120" in message
+  assert "--split of launch/evaluate.py" in message  # Not only a config field evaluate lacks.
   assert "'test': 30" in message and small_cache in message and "rating_split" in message
 
 

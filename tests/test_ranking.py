@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 from test_search import all_chains, write_synthetic_ratings
 
-from bossnas_jax import ranking
+from bossnas_jax import export, ranking
 from bossnas_jax import ratings as rt
 from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
@@ -108,6 +108,14 @@ def test_launch_rate_prints_every_architecture_and_writes_json(tmp_path):
   arch_json = tmp_path / "architecture.json"
   arch_json.write_text(json.dumps({"architecture": chosen}))
   assert ranking.read_architecture_list(str(arch_json)) == [chosen]
+  listed = tmp_path / "list.json"  # A JSON list of strings; an empty one is an error.
+  listed.write_text(json.dumps([chosen, ss.BOSSNET_T0]))
+  assert ranking.read_architecture_list(str(listed)) == [chosen, ss.BOSSNET_T0]
+  listed.write_text("[]")
+  with pytest.raises(ranking.RateError, match="holds no architecture"):
+    ranking.read_architecture_list(str(listed))
+  with pytest.raises(export.ExportError, match="not an architecture.json: it holds a JSON list"):
+    export.load_architecture(str(listed))
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "rate.py"), "--workdir",
        str(tmp_path / "nothing"), chosen], capture_output=True, text=True, timeout=120)

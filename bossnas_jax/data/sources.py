@@ -179,8 +179,9 @@ def _check_split(builder, name: str, split: str) -> None:
   if missing:
     raise DataSourceError(
         f"Data set {name!r} in {os.fspath(builder.data_path)} has no split {missing[0]!r} (asked "
-        f"for {split!r}); its splits are {available}. Set config.data.train_split / rating_split "
-        f"to one of them, e.g. 'train[:-10000]'.")
+        f"for {split!r}); its splits are {available}. Ask for one of them or a slice of one, "
+        f"e.g. '{next(iter(available), 'train')}' or 'train[:-10000]' (config.data."
+        "train_split, rating_split or eval_split; --split of launch/evaluate.py).")
 
 
 def _records(builder, name: str, split: str):

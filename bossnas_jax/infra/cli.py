@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from bossnas_jax.infra import errors
 
@@ -169,6 +169,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
   """absl's app.run(main) with the error handling of the module doc."""
 
   def guarded(argv: list[str]):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # TFDS and Orbax log every file they open at INFO.
     try:
       status = main(argv)
     except errors.UserError as e:
