@@ -361,8 +361,9 @@ def summarize(result: sr.SearchResult, costs: dict[str, cost.Cost],
       f"chosen: {arch}  score {c.score:.4f} (blocks "
       + ", ".join(f"{v:.4f}" for v in c.block_scores) + ")",
       f"  BossNet stages {ss.format_stage_encoding(arch.stage_encoding())} at "
-      f"{st.resolution}x{st.resolution}: {t.madds / 1e9:.3f}G MAdds, {t.params / 1e6:.2f}M "
-      f"params (true); {o.madds / 1e9:.3f}G, {o.params / 1e6:.2f}M (official counter)",
+      f"{st.resolution}x{st.resolution}, full width, 1000 classes: {t.madds / 1e9:.3f}G MAdds, "
+      f"{t.params / 1e6:.2f}M params (true); {o.madds / 1e9:.3f}G, {o.params / 1e6:.2f}M "
+      "(official counter)",
       "  exact optimum under the budget: "
       + ("none" if opt is None else "this one" if opt.key() == c.key()
          else f"{opt.architecture} (score {opt.score:.4f})")

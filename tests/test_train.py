@@ -5,6 +5,7 @@ import glob
 import math
 import os
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from train_utils import assert_trees_equal, flat, prepare_data, tiny_config
 from bossnas_jax import files, main_job, parallel
 from bossnas_jax import search_space as ss
 from bossnas_jax.data import device_augment, pipeline
+from bossnas_jax.infra import errors
 from bossnas_jax.models import supernet
 from bossnas_jax.train import lars as lars_lib
 from bossnas_jax.train import loop, schedules
@@ -318,6 +320,38 @@ def test_resume_equals_uninterrupted(data_dir, uninterrupted, tmp_path, monkeypa
   assert_trees_equal(resumed, full)
   lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
   assert len(lines) == 4  # Steps 1, 2 before the kill, 3, 4 after it.
+
+
+class _SignalAfter(_StopAfter):
+  """A training iterator that sends this process SIGINT (a real Ctrl-C) before batch n + 1."""
+
+  def __next__(self):
+    if self.n == 0:
+      os.kill(os.getpid(), signal.SIGINT)
+    self.n -= 1
+    return next(self.it)
+
+
+def test_ctrl_c_saves_the_step_stops_cleanly_and_resumes_equal(data_dir, uninterrupted, tmp_path,
+                                                               monkeypatch):
+  _, full = uninterrupted
+  config = tiny_config(data_dir)
+  workdir = str(tmp_path)
+  run = loop.Run.create(config, workdir)
+  loop.save_config(config, workdir)
+  original = pipeline.train_iterator
+  monkeypatch.setattr(pipeline, "train_iterator",
+                      lambda *a, **k: _SignalAfter(original(*a, **k), 3))
+  previous = signal.getsignal(signal.SIGINT)
+  # Ctrl-C during micro-batch 4 of 8: the optimizer step it belongs to (2 of 4) is finished and
+  # saved, then the run stops with one message instead of a KeyboardInterrupt somewhere.
+  with pytest.raises(errors.Interrupted, match=r"block 0, optimizer step 2 of 4 \(SIGINT\).*"
+                     "rerun the same command"):
+    loop.train_block(run, 0, [])
+  assert signal.getsignal(signal.SIGINT) is previous  # The handler is put back.
+  assert pipeline_steps(workdir)[-1] == 2
+  monkeypatch.setattr(pipeline, "train_iterator", original)
+  assert_trees_equal(_train(config, workdir), full)
 
 
 def test_rating_within_a_block_resumes_in_a_bucket_and_leaves_training_unchanged(

@@ -173,6 +173,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
       logging.set_verbosity(logging.WARNING)  # TFDS and Orbax log every file they open at INFO.
     try:
       status = main(argv)
+    except errors.Interrupted as e:
+      fail(str(e), INTERRUPTED_STATUS)
     except errors.UserError as e:
       if show_traceback():
         raise

@@ -18,6 +18,10 @@ class TrainingError(UserError, RuntimeError):
   do."""
 
 
+class Interrupted(UserError):
+  """Ctrl-C during a long run; the message says where it stopped and that rerunning resumes."""
+
+
 def require(ok: bool, field: str, value, allowed: str) -> None:
   """Raises ConfigError "config.FIELD = VALUE is not allowed: ALLOWED." unless `ok`."""
   if not ok:

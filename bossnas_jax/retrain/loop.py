@@ -23,7 +23,7 @@ import tqdm
 
 from bossnas_jax import checkpoint_io, convert, files, parallel
 from bossnas_jax.data import classification, mixing
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import errors, interrupt
 from bossnas_jax.models import bossnet, cost
 from bossnas_jax.models import bossnet_spec as bs
 from bossnas_jax.retrain import checkpoints, optim
@@ -226,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      int(t.keep_checkpoints))
     writer.flush()  # The logs hold every step up to the checkpoint a restart resumes from.
 
+  stop = interrupt.StopRequest("the retraining").install()
   try:
     for k in range(start, end):
       batch = next(it)
@@ -266,9 +267,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     f"epoch {best['epoch']})")
           t0 = time.perf_counter()  # Evaluation time does not count as training speed.
         save(epoch)
-      elif step % int(t.checkpoint_every_steps) == 0 or step == end:
+      elif step % int(t.checkpoint_every_steps) == 0 or step == end or stop.requested:
         save(step // spe)
+      if stop.requested and step < total:
+        raise errors.Interrupted(
+            f"stopped at step {step} of {total} ({stop.signal_name}); its checkpoint is in "
+            f"{checkpoints.checkpoint_dir(workdir)}: rerun the same command to resume from it.")
+  except KeyboardInterrupt:  # A second Ctrl-C: at once, without a checkpoint of this step.
+    bar.close()
+    done = checkpoint_io.all_steps(checkpoints.checkpoint_dir(workdir))
+    raise errors.Interrupted(
+        f"stopped at step {int(jax.device_get(state.step))} of {total}. "
+        + (f"The newest checkpoint, step {done[-1]} in {checkpoints.checkpoint_dir(workdir)}, is "
+           "kept: rerun the same command to resume from it." if done else "No checkpoint yet: "
+           "rerunning the same command starts over.")) from None
   finally:
+    stop.restore()
     bar.close()
     writer.close()
   if end < total:

@@ -37,7 +37,7 @@ import tqdm
 from bossnas_jax import calibration, checkpoint_io, files, parallel
 from bossnas_jax import search_space as ss
 from bossnas_jax.data import device_augment, pipeline
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import errors, interrupt
 from bossnas_jax.models import supernet
 from bossnas_jax.train import lars as lars_lib
 from bossnas_jax.train import metrics as metrics_lib
@@ -206,9 +206,12 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
   writer = metrics_lib.Writer(run.workdir)
   key = jax.random.fold_in(run.key, block)
   images = int(cfg.batch_size)
+  print(f"block {block}: compiling its programs (the first steps of a block take about a minute "
+        "on a CPU; the compilation cache in the workdir's jax_cache/ shortens reruns)", flush=True)
   bar = tqdm.tqdm(total=total_steps, initial=micro // acc_steps, unit="step",
                   desc=f"block {block} ({len(candidates)} candidates)", dynamic_ncols=True)
-  window, t0 = [], time.perf_counter()
+  window, t0, k = [], time.perf_counter(), micro
+  stop = interrupt.StopRequest(f"block {block}").install()
   try:
     for k in range(micro, total_micro):
       batch = next(it)
@@ -246,14 +249,29 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
                    images_per_s=rate)
       epoch = _epoch_ended(k + 1, ipe, acc_steps)
       rate_now = epoch in rate_at and k + 1 < total_micro
-      if step % int(cfg.checkpoint_every_steps) == 0 or step == total_steps or rate_now:
+      if (step % int(cfg.checkpoint_every_steps) == 0 or step == total_steps or rate_now
+          or stop.requested):
         _save(run, block, state, k + 1, it.get_state())
         writer.flush()  # The logs hold every step up to the checkpoint a restart resumes from.
+      if stop.requested and step < total_steps:
+        raise errors.Interrupted(
+            f"stopped at block {block}, optimizer step {step} of {total_steps} "
+            f"({stop.signal_name}); its checkpoint is in {run.block_dir(block)}: rerun the same "
+            "command to resume from it.")
       if rate_now:
         bar.clear()
         _rate_within(run, block, state, chains, epoch)
         t0 = time.perf_counter()
+  except KeyboardInterrupt:  # A second Ctrl-C: at once, without a checkpoint of this step.
+    bar.close()
+    done = checkpoint_io.all_steps(run.block_dir(block))
+    raise errors.Interrupted(
+        f"stopped at block {block}, optimizer step {k // acc_steps} of {total_steps}. "
+        + (f"The newest checkpoint, step {done[-1]} in {run.block_dir(block)}, is kept: rerun "
+           "the same command to resume from it." if done else "No checkpoint of this block "
+           "yet: rerunning the same command starts it again.")) from None
   finally:
+    stop.restore()
     bar.close()
     writer.close()
   return state

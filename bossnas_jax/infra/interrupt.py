@@ -1,0 +1,58 @@
+"""A clean stop on Ctrl-C or SIGTERM (a preempted VM) for the long loops.
+
+    stop = interrupt.StopRequest("the run").install()   # or: with ... as stop:
+    try:
+      for step in ...:
+        ...one step...
+        if stop.requested:
+          save a checkpoint; raise errors.Interrupted("stopped at ...; rerun to resume")
+    finally:
+      stop.restore()
+
+The first signal only sets `requested`: the loop finishes its step, writes a checkpoint and stops
+with a message, instead of a KeyboardInterrupt landing inside XLA, a data thread or a checkpoint
+write (which can leave tracebacks, a half-written checkpoint or a crash at exit). A second Ctrl-C
+stops at once (KeyboardInterrupt). Outside the main thread this is a no-op.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+
+class StopRequest:
+  """Context manager: SIGINT / SIGTERM set `requested` (see the module doc)."""
+
+  def __init__(self, what: str = "the run"):
+    self.what = what
+    self.requested = False
+    self.signal_name = ""
+    self._previous: dict[int, object] = {}
+
+  def _handle(self, signum, frame):
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = True
+    self.signal_name = signal.Signals(signum).name
+    print(f"\n{self.signal_name}: stopping {self.what} after this step and saving a checkpoint "
+          "(Ctrl-C again to stop at once).", file=sys.stderr, flush=True)
+
+  def install(self) -> StopRequest:
+    """Routes SIGINT and SIGTERM here (main thread only); `restore` undoes it."""
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+
+  def __enter__(self) -> StopRequest:
+    return self.install()
+
+  def __exit__(self, *exc) -> None:
+    self.restore()
