@@ -28,6 +28,7 @@ from bossnas_jax import convert, files
 from bossnas_jax.data import host_augment, sources
 from bossnas_jax.infra import errors
 from bossnas_jax.models import bossnet
+from bossnas_jax.models import bossnet_spec as bs
 
 
 def eval_image(image, resolution: int) -> np.ndarray:
@@ -132,9 +133,10 @@ def evaluate(checkpoint: str, *, name: str, split: str, data_dir: str | None, re
   if limit is not None and limit < 1:
     raise EvaluateError(f"--limit={limit}: evaluate at least 1 image (leave --limit out for the "
                         "whole split).")
-  if resolution < 32 or resolution % 32:
-    raise EvaluateError(f"--resolution={resolution}: BossNet needs a positive multiple of 32 "
-                        "(224, 256, 288).")
+  try:
+    bs.check_resolution(resolution)
+  except bs.BossNetSpecError as e:
+    raise EvaluateError(f"--resolution={resolution}: {e}") from None
   model, variables = load_model(checkpoint, ema=ema)
   source = sources.open_source(name, split, data_dir)
   classes = model.config.num_classes

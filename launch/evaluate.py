@@ -32,7 +32,8 @@ def main(argv):
   del argv
   name = _NAME.value or (embedded.NAME if _DATA_DIR.value is None else "imagenet2012")
   split = _SPLIT.value or ("test" if name == embedded.NAME else "validation")
-  resolution = _RES.value or evaluate.default_resolution(_CKPT.value)
+  resolution = (_RES.value if _RES.value is not None
+                else evaluate.default_resolution(_CKPT.value))
   result = evaluate.evaluate(_CKPT.value, name=name, split=split, data_dir=_DATA_DIR.value,
                              resolution=resolution, batch_size=_BATCH.value, limit=_LIMIT.value,
                              ema=_EMA.value)

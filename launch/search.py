@@ -50,10 +50,9 @@ def main(argv=None) -> export.ExportResult:
   flags = {k: getattr(args, k) for k in ("strategy", "max_madds", "max_params", "resolution",
                                          "convention", "normalize", "seed")}
   try:
-    config = saved_config(args.workdir)
-    out = args.out or os.path.join(args.workdir, export.SEARCHES,
-                                   export.search_tag(search.settings_from(config, **flags)))
-    return export.search_and_export(args.workdir, config, out_dir=out, **flags)
+    settings = search.settings_from(saved_config(args.workdir), **flags)
+    out = args.out or os.path.join(args.workdir, export.SEARCHES, export.search_tag(settings))
+    return export.search_and_export(args.workdir, settings, out_dir=out)
   except errors.UserError as e:  # Our errors say what is wrong and how to fix it: no traceback.
     sys.exit(f"launch/search.py: error: {e}")
 

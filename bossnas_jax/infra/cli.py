@@ -62,20 +62,25 @@ def config_fields(config, prefix: str = "") -> Iterator[str]:
       yield f"{prefix}{key}"
 
 
-def _has_field(config, path: str) -> bool:
+_MISSING = object()
+
+
+def _field(config, path: str):
+  """The value (or section) at a dotted path of a ConfigDict, or _MISSING."""
   node = config
   for part in path.split("."):
     if not (hasattr(node, "keys") and part in node.keys()):
-      return False
+      return _MISSING
     node = node[part]
-  return True
+  return node
 
 
 def unknown_field_message(config, path: str) -> str:
   """One line for `--config.PATH=...` where the config has no field PATH."""
   parent, _, leaf = path.rpartition(".")
-  if parent and _has_field(config, parent):
-    names = sorted(config_fields_under(config, parent))
+  section = _field(config, parent) if parent else _MISSING
+  if hasattr(section, "keys"):
+    names = sorted(section.keys())
     close = [f"{parent}.{m}" for m in difflib.get_close_matches(leaf, names, n=3, cutoff=0.6)]
     where = f" The fields of {parent}: {', '.join(names)}."
   else:
@@ -83,13 +88,6 @@ def unknown_field_message(config, path: str) -> str:
     where = f" Its sections: {', '.join(sorted(config.keys()))}."
   hint = f" Did you mean {' or '.join(close)}?" if close else ""
   return f"--config.{path}: the config has no field {path!r}.{hint}{where}"
-
-
-def config_fields_under(config, parent: str) -> list[str]:
-  node = config
-  for part in parent.split("."):
-    node = node[part]
-  return list(node.keys()) if hasattr(node, "keys") else []
 
 
 def _loaded_config(argv: list[str]):
@@ -118,12 +116,12 @@ def _bad_override(argv: list[str]) -> str | None:
     return None
   for arg in argv[1:]:
     match = re.match(r"--config\.([\w.]+)(=|$)", arg)
-    if match and not _has_field(config, match.group(1)):
+    if match and _field(config, match.group(1)) is _MISSING:
       return unknown_field_message(config, match.group(1))
   return None
 
 
-def _print_help(argv: list[str]) -> None:
+def _print_help() -> None:
   doc = (sys.modules["__main__"].__doc__ or "").strip()
   print(doc + "\n" if doc else "", flush=True)
   module_help = flags.FLAGS.main_module_help()
@@ -140,7 +138,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with one line per mistake (see the module doc)."""
   if any(a in _HELP for a in argv[1:]) and "--helpfull" not in argv[1:]:
     flags.FLAGS.mark_as_parsed()
-    _print_help(argv)
+    _print_help()
     sys.exit(0)
   try:
     rest = flags.FLAGS(argv)

@@ -20,6 +20,9 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Sequence
+
+from bossnas_jax.infra import errors
 
 
 class StopRequest:
@@ -56,3 +59,18 @@ class StopRequest:
 
   def __exit__(self, *exc) -> None:
     self.restore()
+
+  def stopped(self, where: str, directory: str) -> errors.Interrupted:
+    """The error for a stop after the checkpoint of `where` (e.g. "step 5 of 80") was written."""
+    return errors.Interrupted(
+        f"stopped at {where} ({self.signal_name}); its checkpoint is in {directory}: rerun the "
+        "same command to resume from it.")
+
+
+def stopped_at_once(where: str, directory: str, steps: Sequence[int]) -> errors.Interrupted:
+  """The error for a second Ctrl-C at `where`: no checkpoint of that step; `steps` are the ones
+  in `directory`."""
+  kept = (f"The newest checkpoint, step {steps[-1]} in {directory}, is kept: rerun the same "
+          "command to resume from it." if steps else
+          "No checkpoint yet: rerunning the same command starts over.")
+  return errors.Interrupted(f"stopped at {where}. {kept}")

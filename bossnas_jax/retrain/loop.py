@@ -270,17 +270,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       elif step % int(t.checkpoint_every_steps) == 0 or step == end or stop.requested:
         save(step // spe)
       if stop.requested and step < total:
-        raise errors.Interrupted(
-            f"stopped at step {step} of {total} ({stop.signal_name}); its checkpoint is in "
-            f"{checkpoints.checkpoint_dir(workdir)}: rerun the same command to resume from it.")
+        raise stop.stopped(f"step {step} of {total}", checkpoints.checkpoint_dir(workdir))
   except KeyboardInterrupt:  # A second Ctrl-C: at once, without a checkpoint of this step.
     bar.close()
-    done = checkpoint_io.all_steps(checkpoints.checkpoint_dir(workdir))
-    raise errors.Interrupted(
-        f"stopped at step {int(jax.device_get(state.step))} of {total}. "
-        + (f"The newest checkpoint, step {done[-1]} in {checkpoints.checkpoint_dir(workdir)}, is "
-           "kept: rerun the same command to resume from it." if done else "No checkpoint yet: "
-           "rerunning the same command starts over.")) from None
+    directory = checkpoints.checkpoint_dir(workdir)
+    raise interrupt.stopped_at_once(f"step {int(jax.device_get(state.step))} of {total}",
+                                    directory, checkpoint_io.all_steps(directory)) from None
   finally:
     stop.restore()
     bar.close()

@@ -254,22 +254,17 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
         _save(run, block, state, k + 1, it.get_state())
         writer.flush()  # The logs hold every step up to the checkpoint a restart resumes from.
       if stop.requested and step < total_steps:
-        raise errors.Interrupted(
-            f"stopped at block {block}, optimizer step {step} of {total_steps} "
-            f"({stop.signal_name}); its checkpoint is in {run.block_dir(block)}: rerun the same "
-            "command to resume from it.")
+        raise stop.stopped(f"block {block}, optimizer step {step} of {total_steps}",
+                           run.block_dir(block))
       if rate_now:
         bar.clear()
         _rate_within(run, block, state, chains, epoch)
         t0 = time.perf_counter()
   except KeyboardInterrupt:  # A second Ctrl-C: at once, without a checkpoint of this step.
     bar.close()
-    done = checkpoint_io.all_steps(run.block_dir(block))
-    raise errors.Interrupted(
-        f"stopped at block {block}, optimizer step {k // acc_steps} of {total_steps}. "
-        + (f"The newest checkpoint, step {done[-1]} in {run.block_dir(block)}, is kept: rerun "
-           "the same command to resume from it." if done else "No checkpoint of this block "
-           "yet: rerunning the same command starts it again.")) from None
+    raise interrupt.stopped_at_once(
+        f"block {block}, optimizer step {k // acc_steps} of {total_steps}", run.block_dir(block),
+        checkpoint_io.all_steps(run.block_dir(block))) from None
   finally:
     stop.restore()
     bar.close()
