@@ -7,11 +7,12 @@ r"""How well does a search's score order networks by their real accuracy? (resum
 Samples `--num` architectures of the judged search's space within a moderate MAdds band (half at
 random, half spread over its score range; `bossnas_jax/ranking_quality.py` has the protocol),
 retrains each from scratch with the retraining config (`configs/retrain.py:ground_truth`: the
-whole training split for 3 epochs; evaluated once, at the end, on the whole `test` split),
-`--two_seeds` of them with a second seed, and ranks them by every estimator: the search's final
-and first ratings, its scores normalised per (block, input scale), the same for
-`--long_search`, MAdds, params, NASWOT at initialisation (Mellor et al. 2021) and random.
-Ground truth is the mean `--metric` top-1 over seeds.
+whole training split for 6 epochs; evaluated once, at the end, on the whole `test` split) with
+`--seeds` seeds, and ranks them by every estimator: the search's final and first ratings, its
+scores normalised per (block, input scale), the same for `--long_search`, MAdds, params, NASWOT
+at initialisation (Mellor et al. 2021) and random. Ground truth is the mean `--metric` top-1 over
+seeds. `--ceiling_networks` of them are trained with twice as many seeds, so that their ground
+truth is measured twice, independently: the agreement of the two is the noise ceiling.
 
 Every finished training is written to --out at once (with the plan, the estimators, the summary
 and a scatter plot next to it), so the benchmark resumes from --out even on another machine; a
@@ -43,7 +44,9 @@ _LONG = flags.DEFINE_string("long_search", None, "Workdir of a longer main job (
 _WORKDIR = flags.DEFINE_string("workdir", None, "One retraining sub-folder per training.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/ranking_quality.json", "Results JSON.")
 _NUM = flags.DEFINE_integer("num", 32, "Architectures to retrain.")
-_TWO = flags.DEFINE_integer("two_seeds", 10, "Of them, retrained with a second seed.")
+_SEEDS = flags.DEFINE_integer("seeds", 2, "Trainings (seeds) averaged into one ground truth.")
+_CEILING = flags.DEFINE_integer("ceiling_networks", 10,
+                                "Of them, trained with 2 * --seeds seeds (the noise ceiling).")
 _BAND = flags.DEFINE_list("madds_band", ["0.3", "0.7"], "MAdds quantile band of the sample.")
 _SEED = flags.DEFINE_integer("sample_seed", 0, "Seed of the sampling.")
 _METRIC = flags.DEFINE_enum("metric", "ema", ["raw", "ema"], "Final top-1 used as ground truth.")
@@ -162,16 +165,20 @@ def main(argv):
   utils.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
   config = recipe(_CONFIG.value)
   num_classes = int(classification.num_classes(config.data))
-  settings = {"num": _NUM.value, "two_seeds": _TWO.value, "madds_band": [float(x) for x in
-              _BAND.value], "sample_seed": _SEED.value, "metric": _METRIC.value,
+  settings = {"num": _NUM.value, "seeds": _SEEDS.value, "ceiling_networks": _CEILING.value,
+              "madds_band": [float(x) for x in _BAND.value], "sample_seed": _SEED.value,
+              "metric": _METRIC.value,
               "proxy_images": _PROXY_IMAGES.value, "naswot_version": rq.NASWOT_VERSION,
               "search": _SEARCH.value, "long_search": _LONG.value, "recipe": config.to_dict()}
   prev = files.read_json(out_path) if files.exists(out_path) else None
   stored, naswot = {}, {}
   if prev is not None:  # Resume: the stored plan and every finished training.
-    settings = rq.resume_settings(prev["settings"], settings)
-    plan = [{k: r[k] for k in ("architecture", "group", "seeds", "madds", "params")}
-            for r in prev["architectures"]]
+    stored_settings, plan = rq.upgrade_stored(
+        prev["settings"], [{k: r[k] for k in ("architecture", "group", "ceiling", "seeds",
+                                              "madds", "params") if k in r}
+                           for r in prev["architectures"]])
+    settings = rq.resume_settings(stored_settings, settings)
+    plan = rq.assign_seeds(plan, settings["seeds"])
     results, wall = dict(prev["jobs"]), float(prev.get("wall_time_s", 0.0))
     stored = {k: [_number(row["estimators"].get(k)) for row in prev["architectures"]]
               for k in prev["architectures"][0]["estimators"]}
@@ -183,8 +190,8 @@ def main(argv):
     if not _SEARCH.value:
       raise rq.BenchmarkError("--search (the judged main job's workdir) is needed to plan.")
     pop = retrained_population(config, _SEARCH.value, num_classes)
-    plan = rq.sample(pop, _NUM.value, _TWO.value, _SEED.value,
-                     tuple(float(x) for x in _BAND.value))
+    plan = rq.sample(pop, _NUM.value, _CEILING.value, _SEED.value,
+                     tuple(float(x) for x in _BAND.value), seeds=_SEEDS.value)
     results, wall = {}, 0.0
     print(f"planned {len(plan)} architectures ({len(rq.jobs(plan))} trainings) of "
           f"{len(pop):,}, MAdds {min(r['madds'] for r in plan) / 1e6:.2f}-"

@@ -5,16 +5,21 @@ The protocol of `benchmarks/ranking_quality.py` (its docstring has the command):
 1. **Sample** (`sample`): architectures of the judged search's space whose retrained network lies in
    a moderate MAdds band (the middle quantiles of all architectures), so that cost alone cannot
    explain accuracy; half uniformly at random from the band, half spread evenly over the band's
-   range of BossNAS scores. Some get a second training seed, to measure the ground truth's noise.
+   range of BossNAS scores.
 2. **Ground truth** (`run_jobs`): every (architecture, seed) retrained from scratch with one fixed
-   recipe; each result is stored the moment it finishes, so an interrupted benchmark never
-   retrains a finished one (and a retraining killed midway resumes from its own checkpoint).
+   recipe; an architecture's ground truth is the mean top-1 of its `seeds` trainings. Each result
+   is stored the moment it finishes, so an interrupted benchmark never retrains a finished one
+   (and a retraining killed midway resumes from its own checkpoint). The `ceiling_networks`
+   architectures are trained with twice as many seeds: the ground truth measured twice,
+   independently, to know its noise (docs/method.md#ranking-evaluation).
 3. **Estimators** (`rank_file_estimators`; MAdds, params, NASWOT from `proxies` and random in
    the script),
    each oriented so that higher means "predicted better", and **summary** (`summarize`): per
    estimator Kendall tau-b and Spearman rho against the mean ground truth, a bootstrap interval
-   for tau, and the ground truth of the network it ranks best; the tau between the two seeds is
-   the ceiling any estimator can reach.
+   for tau, and the ground truth of the network it ranks best. The noise ceiling is the tau
+   between the two independent measurements of the ceiling networks (the mean of seeds
+   0..seeds-1 against the mean of seeds seeds..2*seeds-1): no estimator can be trusted to rank
+   better than the ground truth agrees with itself.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ FORMAT_VERSION = 1
 # recomputed on resume.
 NASWOT_VERSION = 2
 # Settings whose change would mix incomparable results into one table.
-_FIXED_SETTINGS = ("recipe", "metric", "num", "two_seeds", "madds_band", "sample_seed",
+# `seeds` may grow on resume: finished trainings stay valid, new seeds are added.
+_FIXED_SETTINGS = ("recipe", "metric", "num", "ceiling_networks", "madds_band", "sample_seed",
                    "proxy_images")
 
 
@@ -51,13 +57,17 @@ class BenchmarkError(errors.UserError, ValueError):
 # 1. Sample.
 
 
-def sample(pop: ranking.Population, num: int, two_seeds: int, seed: int = 0,
-           band: tuple[float, float] = (0.3, 0.7)) -> list[dict]:
+def sample(pop: ranking.Population, num: int, ceiling_networks: int, seed: int = 0,
+           band: tuple[float, float] = (0.3, 0.7), seeds: int = 1) -> list[dict]:
   """`num` distinct architectures within the MAdds quantile `band` of `pop` (whose costs are the
   retrained network's): half uniformly at random, half nearest to evenly spaced score values over
-  the band's score range. The first `two_seeds` rows (half of each kind) get seeds (0, 1)."""
-  if num < 4 or not 0 <= two_seeds <= num:
-    raise BenchmarkError(f"num={num} must be >= 4 and 0 <= two_seeds={two_seeds} <= num.")
+  the band's score range. The first `ceiling_networks` rows (half of each kind) are trained with
+  2 * `seeds` seeds, the others with `seeds` (`assign_seeds`)."""
+  if num < 4 or not 0 <= ceiling_networks <= num:
+    raise BenchmarkError(f"num={num} must be >= 4 and 0 <= ceiling_networks={ceiling_networks} "
+                         "<= num.")
+  if seeds < 1:
+    raise BenchmarkError(f"seeds={seeds}: train every architecture with at least 1 seed.")
   if not 0 <= band[0] < band[1] <= 1:
     raise BenchmarkError(f"MAdds band {band}: two quantiles 0 <= low < high <= 1 expected.")
   lo, hi = np.quantile(pop.madds, band)
@@ -76,17 +86,34 @@ def sample(pop: ranking.Population, num: int, two_seeds: int, seed: int = 0,
         chosen.add(int(idx[j]))
         spread_rows.append(int(idx[j]))
         break
-  # Two seeds for half of each kind: the first random draws, and spread rows evenly over scores.
-  k_r = two_seeds // 2
-  k_s = two_seeds - k_r
-  spread_two = set(np.linspace(0, len(spread_rows) - 1, k_s).round().astype(int).tolist()
-                   if k_s else [])
+  # Ceiling networks are half of each kind: the first random draws, and spread rows evenly over
+  # the scores.
+  k_r = ceiling_networks // 2
+  k_s = ceiling_networks - k_r
+  spread_ceiling = set(np.linspace(0, len(spread_rows) - 1, k_s).round().astype(int).tolist()
+                       if k_s else [])
   rows = ([(r, "random", i < k_r) for i, r in enumerate(random_rows)]
-          + [(r, "score_spread", i in spread_two) for i, r in enumerate(spread_rows)])
-  # Architectures with two seeds first, so the noise ceiling is known early.
-  rows.sort(key=lambda t: not t[2])
-  return [{"architecture": str(pop.architecture(r)), "group": g, "seeds": [0, 1] if two else [0],
-           "madds": int(pop.madds[r]), "params": int(pop.params[r])} for r, g, two in rows]
+          + [(r, "score_spread", i in spread_ceiling) for i, r in enumerate(spread_rows)])
+  rows.sort(key=lambda t: not t[2])  # Ceiling networks first, so the noise is known early.
+  plan = [{"architecture": str(pop.architecture(r)), "group": g, "ceiling": ceiling,
+           "madds": int(pop.madds[r]), "params": int(pop.params[r])} for r, g, ceiling in rows]
+  return assign_seeds(plan, seeds)
+
+
+def assign_seeds(plan: Sequence[dict], seeds: int) -> list[dict]:
+  """The plan with each row's training seeds: 0..seeds-1, and 0..2*seeds-1 for a ceiling row."""
+  return [{**row, "seeds": list(range(2 * seeds if row["ceiling"] else seeds))} for row in plan]
+
+
+def upgrade_stored(settings: dict, plan: Sequence[dict]) -> tuple[dict, list[dict]]:
+  """Settings and plan of a benchmark stored before `seeds` existed (its ceiling networks had
+  seeds (0, 1), the others seed 0: the same as `seeds` = 1)."""
+  settings = dict(settings)
+  if "two_seeds" in settings:
+    settings["ceiling_networks"] = settings.pop("two_seeds")
+    settings.setdefault("seeds", 1)
+    plan = [{**row, "ceiling": row.get("ceiling", len(row["seeds"]) > 1)} for row in plan]
+  return settings, list(plan)
 
 
 def resume_settings(prev: dict, settings: dict) -> dict:
@@ -107,7 +134,8 @@ def resume_settings(prev: dict, settings: dict) -> dict:
           f"--{k} {new[k]} differs from the stored {old[k]}: its scores would be judged against "
           "a sample planned from another search; pass the same workdir, or another --out.")
     old[k] = new.get(k) or old.get(k)
-  return {**new, **old, "naswot_version": new.get("naswot_version")}
+  return {**new, **old, "naswot_version": new.get("naswot_version"),
+          "seeds": new.get("seeds", old.get("seeds"))}
 
 
 def _short(x) -> str:
@@ -116,8 +144,11 @@ def _short(x) -> str:
 
 
 def jobs(plan: Sequence[dict]) -> list[tuple[str, int]]:
-  """(architecture, seed) in training order: both seeds of an architecture one after the other."""
-  return [(row["architecture"], s) for row in plan for s in row["seeds"]]
+  """(architecture, seed) in training order: the ceiling networks first (the noise comes before
+  any other figure), then seed by seed, so that every architecture has one ground-truth value
+  before any has its second."""
+  order = sorted(((not row["ceiling"], s, i) for i, row in enumerate(plan) for s in row["seeds"]))
+  return [(plan[i]["architecture"], s) for _, s, i in order]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,6 +272,17 @@ def json_number(x: float) -> float | None:
   return float(x) if math.isfinite(x) else None
 
 
+def ceiling_halves(row: dict, top1: Mapping[int, float]) -> tuple[float, float] | None:
+  """A ceiling network's two independent ground-truth measurements (the mean top-1 of the first
+  and of the second half of its seeds), once all its seeds are finished."""
+  seeds = row["seeds"]
+  if not all(s in top1 for s in seeds):
+    return None
+  half = len(seeds) // 2
+  return (float(np.mean([top1[s] for s in seeds[:half]])),
+          float(np.mean([top1[s] for s in seeds[half:]])))
+
+
 def summarize(plan: Sequence[dict], results: Mapping[str, dict],
               estimators: Mapping[str, Sequence[float]], samples: int = 2000) -> dict:
   """Noise ceiling and per-estimator correlations over the architectures with ground truth."""
@@ -248,16 +290,26 @@ def summarize(plan: Sequence[dict], results: Mapping[str, dict],
   archs = [row["architecture"] for row in plan]
   done = [i for i, a in enumerate(archs) if a in gt]
   truth = [float(np.mean(list(gt[archs[i]].values()))) for i in done]
-  pairs = [(v[0], v[1]) for v in gt.values() if 0 in v and 1 in v]
   out: dict = {"architectures_with_ground_truth": len(done),
                "trainings": sum(map(len, gt.values())),
                "ground_truth_top1": {"mean": float(np.mean(truth)) if truth else None,
                                      "min": min(truth, default=None),
                                      "max": max(truth, default=None)}}
-  if len(pairs) >= 3:
-    a, b = np.array(pairs).T
+  halves = [ceiling_halves(row, gt.get(row["architecture"], {})) for row in plan
+            if row["ceiling"]]
+  halves = [h for h in halves if h is not None]
+  if len(halves) >= 3:
+    a, b = np.array(halves).T
     out["noise_ceiling"] = {**correlation(a, b, samples),
+                            "seeds_per_measurement": next(len(r["seeds"]) // 2 for r in plan
+                                                          if r["ceiling"]),
                             "mean_abs_seed_difference": float(np.mean(np.abs(a - b)))}
+  # The ceiling of a ground truth of one seed: seed 0 against seed 1, wherever both exist.
+  pairs = [(v[0], v[1]) for v in gt.values() if 0 in v and 1 in v]
+  if len(pairs) >= 3 and out.get("noise_ceiling", {}).get("seeds_per_measurement") != 1:
+    a, b = np.array(pairs).T
+    out["single_seed_ceiling"] = {**correlation(a, b, samples),
+                                  "mean_abs_seed_difference": float(np.mean(np.abs(a - b)))}
   table = {}
   for name, values in estimators.items():
     v = [values[i] for i in done]
@@ -271,15 +323,27 @@ def summarize(plan: Sequence[dict], results: Mapping[str, dict],
   return out
 
 
+def ceiling_label(summary: dict, key: str) -> str:
+  """What a ceiling compares: the ground truth measured twice, or (single_seed_ceiling) one seed
+  against another."""
+  k = summary.get(key, {}).get("seeds_per_measurement", 1)
+  if key == "single_seed_ceiling" or k == 1:
+    what = "seed 0 against seed 1"
+  else:
+    what = f"mean of seeds 0-{k - 1} against mean of seeds {k}-{2 * k - 1}"
+  return ("ceiling" if key == "noise_ceiling" else "one-seed ceiling") + ": " + what
+
+
 def format_summary(summary: dict) -> str:
   lines = [f"{summary['architectures_with_ground_truth']} architectures with ground truth "
            f"({summary['trainings']} trainings)"]
-  nc = summary.get("noise_ceiling")
-  if nc and "kendall_tau" in nc:
-    lines.append(f"noise ceiling (seed 0 vs seed 1, {nc['n']} architectures): tau "
-                 f"{nc['kendall_tau']:.3f} [{nc['kendall_tau_95'][0]:.2f}, "
-                 f"{nc['kendall_tau_95'][1]:.2f}], rho {nc['spearman_rho']:.3f}, mean |diff| "
-                 f"{nc['mean_abs_seed_difference']:.2f} points")
+  for key in ("noise_ceiling", "single_seed_ceiling"):
+    nc = summary.get(key)
+    if nc and "kendall_tau" in nc:
+      lines.append(f"{ceiling_label(summary, key)} ({nc['n']} architectures): tau "
+                   f"{nc['kendall_tau']:.3f} [{nc['kendall_tau_95'][0]:.2f}, "
+                   f"{nc['kendall_tau_95'][1]:.2f}], rho {nc['spearman_rho']:.3f}, mean |diff| "
+                   f"{nc['mean_abs_seed_difference']:.2f} points")
   lines.append(f"{'estimator':<28} {'tau':>7} {'95% interval':>16} {'rho':>7} {'best pick':>10}")
   for name, r in summary["estimators"].items():
     if "kendall_tau" not in r:
@@ -357,12 +421,13 @@ def markdown_table(summary: dict) -> str:
     lo, hi = r["kendall_tau_95"]
     rows.append(f"| `{name}`: {ESTIMATOR_NOTES.get(name, name)} | {f(r['kendall_tau'])} | "
                 f"[{f(lo)}, {f(hi)}] | {f(r['spearman_rho'])} | {f(r['best_pick_top1'])}% |")
-  nc = summary.get("noise_ceiling")
-  if nc and "kendall_tau" in nc:
-    lo, hi = nc["kendall_tau_95"]
-    rows.append(f"| *ceiling: seed 0 against seed 1 ({nc['n']} networks)* | "
-                f"{f(nc['kendall_tau'])} | [{f(lo)}, {f(hi)}] | {f(nc['spearman_rho'])} | "
-                f"mean \\|difference\\| {f(nc['mean_abs_seed_difference'])} points |")
+  for key in ("noise_ceiling", "single_seed_ceiling"):
+    nc = summary.get(key)
+    if nc and "kendall_tau" in nc:
+      lo, hi = nc["kendall_tau_95"]
+      rows.append(f"| *{ceiling_label(summary, key)} ({nc['n']} networks)* | "
+                  f"{f(nc['kendall_tau'])} | [{f(lo)}, {f(hi)}] | {f(nc['spearman_rho'])} | "
+                  f"mean \\|difference\\| {f(nc['mean_abs_seed_difference'])} points |")
   return "\n".join(rows)
 
 

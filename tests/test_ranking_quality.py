@@ -29,7 +29,7 @@ def population(tmp_path_factory):
   return ranking.enumerate_architectures(problem)
 
 
-def test_sample_is_distinct_in_band_half_spread_and_two_seeds_first(population):
+def test_sample_is_distinct_in_band_half_spread_and_ceiling_networks_first(population):
   plan = rq.sample(population, 12, 4, seed=0, band=(0.3, 0.7))
   assert plan == rq.sample(population, 12, 4, seed=0, band=(0.3, 0.7))
   assert plan != rq.sample(population, 12, 4, seed=1, band=(0.3, 0.7))
@@ -39,6 +39,10 @@ def test_sample_is_distinct_in_band_half_spread_and_two_seeds_first(population):
   assert all(lo <= r["madds"] <= hi for r in plan)
   assert [r["group"] for r in plan].count("random") == 6
   assert [len(r["seeds"]) for r in plan] == [2] * 4 + [1] * 8
+  assert [r["ceiling"] for r in plan] == [True] * 4 + [False] * 8
+  two = rq.sample(population, 12, 4, seed=0, band=(0.3, 0.7), seeds=2)
+  assert [r["seeds"] for r in two] == [[0, 1, 2, 3]] * 4 + [[0, 1]] * 8
+  assert rq.assign_seeds(plan, 2) == two
   assert {r["group"] for r in plan[:4]} == {"random", "score_spread"}
   # The spread half covers the band's score range, from (nearly) its best to its worst.
   index = {str(population.architecture(i)): i for i in range(len(population))
@@ -49,9 +53,15 @@ def test_sample_is_distinct_in_band_half_spread_and_two_seeds_first(population):
   width = band_scores.max() - band_scores.min()
   assert spread[0] - band_scores.min() < 0.05 * width
   assert band_scores.max() - spread[-1] < 0.05 * width
-  assert rq.jobs(plan)[:2] == [(archs[0], 0), (archs[0], 1)]
-  with pytest.raises(rq.BenchmarkError, match="two_seeds"):
+  # Ceiling networks first, seed by seed; then seed 0 of every other network before any seed 1.
+  order = rq.jobs(two)
+  assert order[:4] == [(a, 0) for a in archs[:4]] and order[12:16] == [(a, 3) for a in archs[:4]]
+  assert order[16:24] == [(a, 0) for a in archs[4:]] and order[24:] == [(a, 1) for a in archs[4:]]
+  assert sorted(order) == sorted((r["architecture"], s) for r in two for s in r["seeds"])
+  with pytest.raises(rq.BenchmarkError, match="ceiling_networks"):
     rq.sample(population, 8, 9)
+  with pytest.raises(rq.BenchmarkError, match="seeds=0"):
+    rq.sample(population, 8, 2, seeds=0)
 
 
 def _fake_train(log):
@@ -116,7 +126,48 @@ def test_summary_ceiling_correlations_and_best_pick(population):
   assert s["estimators"]["constant"]["best_pick_top1"] == pytest.approx(np.mean(truth))
   assert s["estimators"]["constant"]["kendall_tau"] is None
   assert s["estimators"]["half"]["n"] == 5
-  assert "oracle" in rq.format_summary(s) and "noise ceiling" in rq.format_summary(s)
+  assert "oracle" in rq.format_summary(s) and "ceiling: seed 0 against seed 1" in \
+      rq.format_summary(s)
+  assert "single_seed_ceiling" not in s  # With one seed per measurement it is the ceiling.
+
+
+def test_ceiling_compares_two_independent_ground_truths(population):
+  plan = rq.sample(population, 8, 4, seed=3, seeds=2)
+
+  def train(arch, seed):  # seeds 2 and 3 reverse the order of seeds 0 and 1
+    base = sum(map(int, arch.replace("-", ""))) / 10
+    return {"top1": 50 + (base if seed < 2 else -base) + 0.1 * seed}
+
+  results = rq.run_jobs(plan, {}, train, lambda r: None, log=lambda _: None)
+  s = rq.summarize(plan, results, {"madds": [r["madds"] for r in plan]}, samples=50)
+  assert s["trainings"] == 4 * 4 + 4 * 2
+  nc = s["noise_ceiling"]
+  assert nc["n"] == 4 and nc["seeds_per_measurement"] == 2
+  assert nc["kendall_tau"] == pytest.approx(-1.0)
+  assert s["single_seed_ceiling"]["kendall_tau"] == pytest.approx(1.0)
+  assert s["single_seed_ceiling"]["n"] == 8  # every network with seeds 0 and 1
+  table = rq.markdown_table(s)
+  assert "ceiling: mean of seeds 0-1 against mean of seeds 2-3 (4 networks)" in table
+  assert "one-seed ceiling: seed 0 against seed 1 (8 networks)" in table
+  # Unfinished ceiling networks do not count.
+  partial = {k: v for k, v in results.items() if not k.endswith("_s3")}
+  assert "noise_ceiling" not in rq.summarize(plan, partial, {}, samples=50)
+
+
+def test_a_benchmark_stored_before_seeds_existed_resumes_with_more_seeds():
+  settings = {"num": 4, "two_seeds": 2, "madds_band": [0.3, 0.7], "sample_seed": 0,
+              "metric": "ema", "recipe": {}}
+  plan = [{"architecture": a, "group": "random", "seeds": s, "madds": 1, "params": 1}
+          for a, s in (("a", [0, 1]), ("b", [0, 1]), ("c", [0]), ("d", [0]))]
+  old, old_plan = rq.upgrade_stored(settings, plan)
+  assert old["ceiling_networks"] == 2 and old["seeds"] == 1 and "two_seeds" not in old
+  assert [r["ceiling"] for r in old_plan] == [True, True, False, False]
+  assert rq.assign_seeds(old_plan, 1) == old_plan
+  now = {k: v for k, v in old.items()} | {"seeds": 2}
+  assert rq.resume_settings(old, now)["seeds"] == 2
+  assert [r["seeds"] for r in rq.assign_seeds(old_plan, 2)] == [[0, 1, 2, 3]] * 2 + [[0, 1]] * 2
+  with pytest.raises(rq.BenchmarkError, match="ceiling_networks"):
+    rq.resume_settings(old, {**now, "ceiling_networks": 3})
 
 
 def test_normalised_and_first_rating_estimators(tmp_path):
@@ -173,8 +224,9 @@ def test_naswot_on_a_tiny_bossnet():
 def test_resume_settings_survive_json_and_refuse_a_changed_recipe_metric_or_search():
   import ml_collections
   recipe = ml_collections.ConfigDict({"data": {"crop_scale": (0.08, 1.0)}, "train": {"epochs": 10}})
-  settings = {"num": 8, "two_seeds": 2, "madds_band": [0.3, 0.7], "sample_seed": 0,
-              "metric": "ema", "proxy_images": 128, "naswot_version": rq.NASWOT_VERSION,
+  settings = {"num": 8, "seeds": 1, "ceiling_networks": 2, "madds_band": [0.3, 0.7],
+              "sample_seed": 0, "metric": "ema", "proxy_images": 128,
+              "naswot_version": rq.NASWOT_VERSION,
               "search": "runs/demo", "long_search": None, "recipe": recipe.to_dict()}
   stored = json.loads(json.dumps(settings))  # tuples come back as lists
   assert rq.resume_settings(stored, settings)["recipe"] == {"data": {"crop_scale": [0.08, 1.0]},
