@@ -275,3 +275,35 @@ def test_update_readme_rewrites_only_the_table_block(tmp_path, population):
   assert "6 architectures (8 trainings" in text and "| `madds`" in text
   (tmp_path / "other.md").write_text("no block\n")
   assert not rq.update_readme(str(tmp_path / "other.md"), summary)
+
+
+def test_noise_statistics_separate_the_seed_shift_and_the_churn():
+  n = 1000
+  base = np.zeros(n, bool)
+  base[:800] = True
+  correct = {}
+  for k, arch in enumerate(("a", "b", "c", "d")):
+    right = base.copy()
+    right[800:800 + 10 * k] = True  # networks differ: 80.0, 81.0, 82.0, 83.0%
+    correct[(arch, 0)] = right
+    seed1 = right.copy()
+    seed1[:20 + 10 * k] = False  # seed 1 costs every network 2-5 points (on those examples)
+    correct[(arch, 1)] = seed1
+  s = rq.noise_statistics(correct)
+  assert s["trainings"] == 8 and s["architectures_with_two_seeds"] == 4
+  assert s["seed_shift"]["0"] == pytest.approx(1.75)
+  assert s["seed_shift"]["1"] == pytest.approx(-1.75)
+  d = s["seed0_minus_seed1"]
+  assert d["mean"] == pytest.approx(3.5) and d["sd"] == pytest.approx(np.std([2, 3, 4, 5], ddof=1))
+  # Same network, two seeds: they disagree on the 20-50 examples seed 1 got wrong.
+  assert s["disagreement_same_architecture"] == pytest.approx(100 * np.mean([20, 30, 40, 50]) / n)
+  # Same seed, two networks: on the examples 800.. one of them got right (|k - j| * 10).
+  same_seed_0 = np.mean([abs(k - j) * 10 for k in range(4) for j in range(k + 1, 4)])
+  same_seed_1 = np.mean([abs(k - j) * 20 for k in range(4) for j in range(k + 1, 4)])
+  assert s["disagreement_same_seed"] == pytest.approx(100 * (same_seed_0 + same_seed_1) / 2 / n)
+  assert d["sd_from_churn"] == pytest.approx(100 * np.sqrt(np.mean([20, 30, 40, 50]) / n / n))
+  assert d["churn_share_of_variance"] == pytest.approx((d["sd_from_churn"] / d["sd"]) ** 2)
+  text = rq.format_noise(s)
+  assert "seed 0 +1.75" in text and "test-set churn alone would give sd" in text
+  with pytest.raises(rq.BenchmarkError, match="no finished training"):
+    rq.noise_statistics({})
