@@ -44,8 +44,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-
 T0 = "5433-3230-0010-0000"
 
 
@@ -94,15 +92,15 @@ def run_block(args) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from bossnas_jax import parallel, utils
   from bossnas_jax import search_space as ss
   from bossnas_jax.data import device_augment
-  from bossnas_jax.models import cost, supernet
+  from bossnas_jax.infra import compile_cache, parallel
+  from bossnas_jax.models import cost, siamese, supernet
   from bossnas_jax.train import lars
   from bossnas_jax.train import step as st
 
   if args.cache:
-    utils.enable_compilation_cache(args.cache)
+    compile_cache.enable(args.cache)
   block = args.block
   accel = jax.default_backend() != "cpu"
   dtype = {"auto": jnp.bfloat16 if accel else jnp.float32, "float32": jnp.float32,
@@ -127,7 +125,7 @@ def run_block(args) -> dict:
     prefix.append(st.PrefixBlock(b, in_scale, path))
     prefix_vars.append(parallel.replicate(sub, mesh))
     in_scale = ss.output_scale(path)
-  models = st.Models(dims, block, 4096, 256, 4096, dtype)
+  models = siamese.Models(dims, block, 4096, 256, 4096, dtype)
   optimizer = lars.lars()
   state = parallel.replicate(st.init_state(models, jax.random.fold_in(key, block), optimizer),
                              mesh)

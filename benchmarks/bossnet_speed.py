@@ -17,18 +17,15 @@ Compile time is reported separately and excluded from the rates.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from bossnas_jax.models import bossnet, cost  # noqa: E402
+from bossnas_jax.models import bossnet, cost
 
 
 def _batch(n: int, res: int, classes: int, seed: int = 0):

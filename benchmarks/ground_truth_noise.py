@@ -8,7 +8,7 @@ Evaluates every finished training of a ranking benchmark's workdir (`benchmarks/
 per-example correctness (cached in WORKDIR/noise), and prints how the trainings differ: the shift
 each seed gives every network, how often two trainings disagree on an example, and how much of the
 seed-to-seed difference in top-1 test-set churn alone explains
-(`ranking_quality.noise_statistics`).
+(`ranking_quality/noise.py`).
 """
 
 import os
@@ -17,11 +17,11 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from bossnas_jax import evaluate, files, utils
-from bossnas_jax import ranking_quality as rq
-from bossnas_jax.data import sources
-from bossnas_jax.infra import cli
+from bossnas_jax.data import host_augment, normalize, sources
+from bossnas_jax.infra import cli, compile_cache, files
 from bossnas_jax.models import bossnet
+from bossnas_jax.ranking_quality import noise
+from bossnas_jax.retrain import evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The ranking benchmark's --workdir.")
 _OUT = flags.DEFINE_string("out", None, "Also write the statistics to this JSON file.")
@@ -33,16 +33,16 @@ flags.mark_flags_as_required(["workdir"])
 
 def correctness(run: str, ema: bool) -> np.ndarray:
   """Per-example top-1 correctness of one retraining workdir on its config's eval split."""
-  config = files.read_json(os.path.join(run, "config.json"))
+  config = files.read_json(os.path.join(run, files.CONFIG_JSON))
   d, resolution = config["data"], int(config["model"]["resolution"])
   model, variables = evaluate.load_model(run, ema=ema)
   source = sources.open_source(d["name"], d["eval_split"], d["data_dir"])
   out = []
   for start in range(0, len(source), _BATCH.value):
     items = source.read(range(start, min(start + _BATCH.value, len(source))))
-    images = np.stack([evaluate.eval_image(img, resolution) for img, _ in items])
+    images = np.stack([host_augment.eval_image(img, resolution) for img, _ in items])
     logits = jax.device_get(bossnet.eval_logits(model, variables,
-                                                bossnet.normalize_images(images)))
+                                                normalize.normalize_images(images)))
     out.append(np.argmax(logits, -1) == np.asarray([label for _, label in items]))
   return np.concatenate(out)
 
@@ -55,7 +55,7 @@ def main(argv):
   if not files.isdir(root):
     cli.fail(f"--workdir {_WORKDIR.value} has no gt/ folder: pass the --workdir of "
              "benchmarks/ranking_quality.py.")
-  utils.enable_compilation_cache(os.path.join(_WORKDIR.value, "jax_cache"))
+  compile_cache.enable(os.path.join(_WORKDIR.value, "jax_cache"))
   cache_dir = os.path.join(_WORKDIR.value, "noise")
   files.makedirs(cache_dir)
   correct = {}
@@ -72,8 +72,8 @@ def main(argv):
     correct[(arch, int(seed))] = c = correctness(run, _METRIC.value == "ema")
     np.save(cache, c)
     print(f"{name}: top-1 {100 * c.mean():.2f}%", flush=True)
-  stats = rq.noise_statistics(correct)
-  print(rq.format_noise(stats))
+  stats = noise.noise_statistics(correct)
+  print(noise.format_noise(stats))
   if _OUT.value:
     files.write_json(_OUT.value, stats, indent=1)
     print(f"wrote {_OUT.value}")

@@ -21,21 +21,22 @@ top-1 of `--metric` (raw, ema, or the better of the two at the end).
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from bossnas_jax import export, parallel, utils  # noqa: E402
-from bossnas_jax import search as sr  # noqa: E402
-from bossnas_jax import search_space as ss  # noqa: E402
-from bossnas_jax.data import classification  # noqa: E402
-from bossnas_jax.models import cost  # noqa: E402
-from bossnas_jax.retrain import loop  # noqa: E402
-from bossnas_jax.retrain import state as state_lib  # noqa: E402
+from bossnas_jax import search_space as ss
+from bossnas_jax.data import classification
+from bossnas_jax.infra import compile_cache, parallel
+from bossnas_jax.models import cost
+from bossnas_jax.retrain import loop
+from bossnas_jax.retrain import state as state_lib
+from bossnas_jax.search import (
+  architecture,
+  export,
+)
+from bossnas_jax.search import problem as sp
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Retraining config (get_config file).")
 _ARCH = flags.DEFINE_string("arch", None, "The searched network: architecture.json or string.")
@@ -49,7 +50,7 @@ flags.mark_flags_as_required(["config", "arch", "workdir"])
 
 def _arch_string(arch: str) -> str:
   if arch.endswith(".json") or os.path.isfile(arch):
-    return str(export.load_architecture(arch)[0])
+    return str(architecture.load_architecture(arch)[0])
   return str(ss.parse_architecture(arch))
 
 
@@ -67,7 +68,7 @@ def sample_random(config, searched: str, num_classes: int, num: int, tolerance: 
   # (which paths may follow which) are used, for sampling.
   scores = {(b, s): {p: 0.0 for p in ss.candidates(b, s)}
             for b in range(ss.NUM_BLOCKS) for s in ss.input_scales(b)}
-  problem = sr.build_problem(scores, int(config.model.resolution))
+  problem = sp.build_problem(scores, int(config.model.resolution))
   found: dict[str, cost.Cost] = {}
   tried: set[str] = {searched}
   for round_ in range(200):
@@ -97,7 +98,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   parallel.maybe_initialize_distributed()
   config, workdir = _CONFIG.value, _WORKDIR.value
-  utils.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
+  compile_cache.enable(os.path.join(workdir, "jax_cache"))
   num_classes = int(classification.num_classes(config.data))
   searched = _arch_string(_ARCH.value)
   randoms = sample_random(config, searched, num_classes, _NUM.value, _TOL.value, _SEED.value)

@@ -5,7 +5,8 @@ r"""How well does a search's score order networks by their real accuracy? (resum
       [--out benchmarks/results/ranking_quality.json]
 
 Samples `--num` architectures of the judged search's space within a moderate MAdds band (half at
-random, half spread over its score range; `bossnas_jax/ranking_quality.py` has the protocol),
+random, half spread over its score range; `bossnas_jax/ranking_quality/protocol.py` has the
+protocol),
 retrains each from scratch with the retraining config (`configs/retrain.py:ground_truth`: the
 whole training split for 6 epochs; evaluated once, at the end, on the whole `test` split) with
 `--seeds` seeds, and ranks them by every estimator: the search's final and first ratings, its
@@ -21,22 +22,21 @@ estimators and the summary without training.
 """
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from bossnas_jax import files, parallel, proxies, ranking, utils  # noqa: E402
-from bossnas_jax import ranking_quality as rq  # noqa: E402
-from bossnas_jax import ratings as rt  # noqa: E402
-from bossnas_jax import search as sr  # noqa: E402
-from bossnas_jax.data import classification  # noqa: E402
-from bossnas_jax.retrain import loop  # noqa: E402
-from bossnas_jax.retrain import state as state_lib  # noqa: E402
+from bossnas_jax.data import classification
+from bossnas_jax.infra import compile_cache, files, parallel
+from bossnas_jax.ranking_quality import protocol as rq
+from bossnas_jax.ranking_quality import proxies
+from bossnas_jax.rating import rank_files as rt
+from bossnas_jax.retrain import loop
+from bossnas_jax.retrain import state as state_lib
+from bossnas_jax.search import population
+from bossnas_jax.search import problem as sp
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Retraining config (the recipe).")
 _SEARCH = flags.DEFINE_string("search", None, "Workdir of the main job whose scores are judged.")
@@ -65,14 +65,14 @@ def recipe(config):
   return c
 
 
-def retrained_population(config, search: str, num_classes: int) -> ranking.Population:
+def retrained_population(config, search: str, num_classes: int) -> population.Population:
   """Every architecture of the search's space, costed as the network that is retrained."""
   scores = rt.read_ratings(search)
   m = config.model
-  problem = sr.build_problem(scores, int(m.resolution), "true", workdir=search,
+  problem = sp.build_problem(scores, int(m.resolution), "true", workdir=search,
                              num_classes=num_classes, width_multiplier=float(m.width_multiplier),
                              dim_head=int(m.dim_head))
-  return ranking.enumerate_architectures(problem)
+  return population.enumerate_architectures(problem)
 
 
 def train_fn(config, workdir: str):
@@ -162,7 +162,7 @@ def main(argv):
       raise rq.BenchmarkError(f"--{flag.name} {flag.value} does not exist; pass the workdir of a "
                               "finished main job (launch/train_blocks.py).")
   files.makedirs(workdir)
-  utils.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
+  compile_cache.enable(os.path.join(workdir, "jax_cache"))
   config = recipe(_CONFIG.value)
   num_classes = int(classification.num_classes(config.data))
   settings = {"num": _NUM.value, "seeds": _SEEDS.value, "ceiling_networks": _CEILING.value,

@@ -12,20 +12,21 @@ rating images). The first candidate includes compilation; later ones reuse the l
 import argparse
 import os
 import resource
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bossnas_jax import parallel, rating, utils  # noqa: E402
-from bossnas_jax import search_space as ss  # noqa: E402
-from bossnas_jax.data import device_augment  # noqa: E402
-from bossnas_jax.train import lars  # noqa: E402
-from bossnas_jax.train import step as step_lib  # noqa: E402
+from bossnas_jax import search_space as ss
+from bossnas_jax.data import (
+  normalize,
+)
+from bossnas_jax.infra import compile_cache, parallel
+from bossnas_jax.models import siamese
+from bossnas_jax.rating import population_centre
+from bossnas_jax.train import lars
+from bossnas_jax.train import step as step_lib
 
 
 def main():
@@ -36,9 +37,9 @@ def main():
   ap.add_argument("--candidates", type=int, default=3)
   ap.add_argument("--cache", default=os.path.expanduser("~/.cache/bossnas_jax/jax_cache"))
   args = ap.parse_args()
-  utils.enable_compilation_cache(args.cache)
+  compile_cache.enable(args.cache)
   dims = ss.Dims()
-  models = step_lib.Models(dims, 0, 4096, 256, 4096, jnp.float32)
+  models = siamese.Models(dims, 0, 4096, 256, 4096, jnp.float32)
   mesh = parallel.data_mesh()
   t = time.perf_counter()
   state = parallel.replicate(step_lib.init_state(models, jax.random.key(0, impl="rbg"),
@@ -51,14 +52,14 @@ def main():
     out = []
     for _ in range(n // args.batch):
       views = rng.randint(0, 256, (args.batch, 2, 224, 224, 3)).astype(np.uint8)
-      x = device_augment.normalize(jnp.asarray(views, jnp.float32) / 255.0)
+      x = normalize.normalize(jnp.asarray(views, jnp.float32) / 255.0)
       out.append(jax.device_put(x, parallel.batch_sharded(mesh)))
     return out
 
   calib = pairs(args.calibration_images)
   rated = [(p, jax.device_put(np.ones(args.batch, bool), parallel.batch_sharded(mesh)))
            for p in pairs(args.rating_images)]
-  rater = rating.Rater(models, mesh, state, ss.STEM_SCALE, calib, rated)
+  rater = population_centre.Rater(models, mesh, state, ss.STEM_SCALE, calib, rated)
   cands = list(ss.candidates(0, ss.STEM_SCALE))[::17][:args.candidates]
   centre = None
   for i, path in enumerate(cands):

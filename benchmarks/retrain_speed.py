@@ -20,16 +20,14 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bossnas_jax import parallel  # noqa: E402
-from bossnas_jax.models import bossnet, cost  # noqa: E402
-from bossnas_jax.retrain import optim, state, step  # noqa: E402
-from configs import retrain as retrain_config  # noqa: E402
+from bossnas_jax.infra import parallel
+from bossnas_jax.models import bossnet, cost
+from bossnas_jax.retrain import optim, state, step
+from configs import retrain as retrain_config
 
 
 def main(argv=None) -> int:

@@ -103,6 +103,15 @@ def stride_from_stem(d: int) -> int:
 # Dimensions: width multiplier and input resolution.
 
 
+# Input sides must divide into the coarsest scale: the stem and 4 stages halve it 5 times.
+RESOLUTION_MULTIPLE = 32
+
+
+def valid_resolution(n) -> bool:
+  """A positive multiple of RESOLUTION_MULTIPLE (the supernet's and every BossNet's input side)."""
+  return isinstance(n, int) and n > 0 and n % RESOLUTION_MULTIPLE == 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Dims:
   """The concrete sizes of a supernet: full size (1.0, 224, 64) or shrunk for tests and demos."""
@@ -112,9 +121,10 @@ class Dims:
   dim_head: int = 64
 
   def __post_init__(self):
-    if self.resolution <= 0 or self.resolution % 32:
+    if not valid_resolution(self.resolution):
       raise ValueError(
-          f"resolution={self.resolution}: the HyTra space needs a positive multiple of 32 "
+          f"resolution={self.resolution}: the HyTra space needs a positive multiple of "
+          f"{RESOLUTION_MULTIPLE} "
           "(the coarsest scale is resolution/32); use e.g. 224, 256 or 32.")
     if self.width_multiplier <= 0:
       raise ValueError(f"width_multiplier={self.width_multiplier} must be positive.")

@@ -12,11 +12,11 @@ ECE: expected calibration error over 15 equal-width confidence bins.
 
 from absl import flags
 
-from bossnas_jax import evaluate
 from bossnas_jax.data import embedded
 from bossnas_jax.infra import cli
+from bossnas_jax.retrain import evaluate
 
-_CKPT = flags.DEFINE_string("checkpoint", None, "BossNet checkpoint folder (bossnas_jax.convert).")
+_CKPT = flags.DEFINE_string("checkpoint", None, "BossNet checkpoint folder (models/checkpoint.py).")
 _NAME = flags.DEFINE_string("name", None, "TFDS data set (default: the embedded Fashion-MNIST).")
 _SPLIT = flags.DEFINE_string("split", None, "Split (default 'validation', embedded: 'test').")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder or gs:// holding the prepared data set.")

@@ -15,8 +15,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from bossnas_jax import files, parallel, utils
-from bossnas_jax.infra import cli
+from bossnas_jax.infra import cli, compile_cache, files, parallel
 from bossnas_jax.retrain import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (a get_config file).")
@@ -34,7 +33,7 @@ def main(argv):
   config = _CONFIG.value
   if _ARCH.value is not None:  # (An empty --arch= is an error below, not "the config's".)
     config.model.arch = _ARCH.value
-  utils.enable_compilation_cache(os.path.join(files.check_workdir(_WORKDIR.value), "jax_cache"))
+  compile_cache.enable(os.path.join(files.check_workdir(_WORKDIR.value), "jax_cache"))
   loop.train_and_evaluate(config, _WORKDIR.value)
 
 

@@ -7,55 +7,41 @@ r"""Re-run the architecture search on a main job's saved ratings, e.g. with anot
 Settings come from the run's config.json (its `search` section and `seed`) where it has one, then
 from these flags. Writes architecture.json, retrain_config.py and two plots into --out, by default
 WORKDIR/search/<strategy, budget, resolution...>/ (the main job's own choice in WORKDIR stays as it
-is), and prints the chosen network, its cost and the files.
+is), and prints the chosen network, its cost and the files (`search.export.research`).
 """
 
-from __future__ import annotations
+from absl import flags
 
-import argparse
-import os
-import sys
+from bossnas_jax.infra import cli
+from bossnas_jax.search import export
+from bossnas_jax.search import problem as sp
 
-from bossnas_jax import export, files, search
-from bossnas_jax.infra import errors
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", required=True, help="Workdir of a main job (holds ratings/).")
-  p.add_argument("--strategy", choices=search.STRATEGIES, default=None,
-                 help="exhaustive (exact; the default), evolution (the paper's) or greedy (the "
-                 "official rule; no budget).")
-  p.add_argument("--max_madds", type=float, default=None, help="MAdds budget, e.g. 2.5e9.")
-  p.add_argument("--max_params", type=float, default=None, help="Parameter budget, e.g. 30e6.")
-  p.add_argument("--resolution", type=int, default=None, help="BossNet input side (224).")
-  p.add_argument("--convention", choices=("true", "official"), default=None,
-                 help="Cost convention of the budgets (true).")
-  p.add_argument("--normalize", choices=search.NORMALIZATIONS, default=None,
-                 help="Block scores as rated (none) or normalised per rank file (zscore, rank).")
-  p.add_argument("--seed", type=int, default=None, help="Seed of the evolution.")
-  p.add_argument("--out", default=None, help="Where to write the export (default: "
-                 "WORKDIR/search/TAG, TAG naming the strategy, budget and resolution).")
-  return p.parse_args(argv)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a main job (holds ratings/).")
+_STRATEGY = flags.DEFINE_enum("strategy", None, sp.STRATEGIES,
+                              "exhaustive (exact; the default), evolution (the paper's) or greedy "
+                              "(the official rule; no budget).")
+_MAX_MADDS = flags.DEFINE_float("max_madds", None, "MAdds budget, e.g. 2.5e9.")
+_MAX_PARAMS = flags.DEFINE_float("max_params", None, "Parameter budget, e.g. 30e6.")
+_RESOLUTION = flags.DEFINE_integer("resolution", None, "BossNet input side (224).")
+_CONVENTION = flags.DEFINE_enum("convention", None, ("true", "official"),
+                                "Cost convention of the budgets (true).")
+_NORMALIZE = flags.DEFINE_enum("normalize", None, sp.NORMALIZATIONS,
+                               "Block scores as rated (none) or normalised per rank file.")
+_SEED = flags.DEFINE_integer("seed", None, "Seed of the evolution.")
+_OUT = flags.DEFINE_string("out", None, "Where to write the export (default: WORKDIR/search/TAG, "
+                           "TAG naming the strategy, budget and resolution).")
+flags.mark_flags_as_required(["workdir"])
 
 
-def saved_config(workdir: str) -> dict | None:
-  """The run's config.json (written by the main job), if there is one."""
-  path = os.path.join(workdir, "config.json")
-  return files.read_json(path) if files.exists(path) else None
-
-
-def main(argv=None) -> export.ExportResult:
-  args = parse_args(argv)
-  flags = {k: getattr(args, k) for k in ("strategy", "max_madds", "max_params", "resolution",
-                                         "convention", "normalize", "seed")}
-  try:
-    settings = search.settings_from(saved_config(args.workdir), **flags)
-    out = args.out or os.path.join(args.workdir, export.SEARCHES, export.search_tag(settings))
-    return export.search_and_export(args.workdir, settings, out_dir=out)
-  except errors.UserError as e:  # Our errors say what is wrong and how to fix it: no traceback.
-    sys.exit(f"launch/search.py: error: {e}")
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}; every input is a --flag (see --help).",
+             cli.USAGE_STATUS)
+  export.research(_WORKDIR.value, _OUT.value, strategy=_STRATEGY.value,
+                  max_madds=_MAX_MADDS.value, max_params=_MAX_PARAMS.value,
+                  resolution=_RESOLUTION.value, convention=_CONVENTION.value,
+                  normalize=_NORMALIZE.value, seed=_SEED.value)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

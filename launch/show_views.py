@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from bossnas_jax.data import device_augment, host_augment, pipeline
+from bossnas_jax.data import device_augment, host_augment, normalize, pipeline
 from bossnas_jax.infra import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/hytra.py).")
@@ -73,7 +73,7 @@ def main(argv) -> None:
   probs = dict(blur_prob=tuple(data.blur_prob), solarize_prob=tuple(data.solarize_prob))
   out = device_augment.device_augment(key, views[None], **probs)[0]  # Device part.
   params = jax.device_get(device_augment.augmentation_params(key, 1, num_views, **probs))
-  std, mean = np.asarray(device_augment.IMAGENET_STD), np.asarray(device_augment.IMAGENET_MEAN)
+  std, mean = np.asarray(normalize.IMAGENET_STD), np.asarray(normalize.IMAGENET_MEAN)
   shown = np.clip(np.asarray(out) * std + mean, 0.0, 1.0)
 
   half = num_views // 2

@@ -16,9 +16,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-from bossnas_jax import utils  # noqa: E402
+from bossnas_jax.infra import compile_cache  # noqa: E402
 
-utils.enable_compilation_cache(
+compile_cache.enable(
     os.environ.get("BOSSNAS_TEST_CACHE",
                    os.path.join(os.path.dirname(__file__), os.pardir, ".jax_cache")))
 

@@ -35,11 +35,11 @@ def final_tree(state) -> dict:
 
 def main(data_dir, workdir, out_prefix):
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  from bossnas_jax import parallel, utils
+  from bossnas_jax.infra import compile_cache, parallel
   from bossnas_jax.train import loop
 
   parallel.maybe_initialize_distributed()
-  utils.enable_compilation_cache(os.environ["BOSSNAS_TEST_CACHE"])
+  compile_cache.enable(os.environ["BOSSNAS_TEST_CACHE"])
   assert jax.process_count() == 2 and jax.device_count() == 8, (jax.process_count(),
                                                                 jax.device_count())
   if out_prefix == "--main_job":

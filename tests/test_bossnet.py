@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from bossnas_jax import search_space as ss
+from bossnas_jax.data import normalize
 from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
+from bossnas_jax.retrain import metrics
 
 T0 = ((1,), (1,), (1, 1, 1, 0, 1), (0, 0, 0, 1, 0, 0, 0, 0, 0))
 
@@ -162,14 +164,14 @@ def test_topk_helpers():
                         [0.9, 0.1, 0.0, 0.2, 0.3, 0.4, 0.5],
                         [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
   labels = jnp.asarray([1, 6, 0])
-  got = bossnet.topk_correct(logits, labels)
+  got = metrics.topk_correct(logits, labels)
   assert (int(got[1]), int(got[5])) == (1, 2)
-  acc = bossnet.TopKAccumulator()
+  acc = metrics.TopKAccumulator()
   acc.update(logits, labels)
   acc.update(logits[:1], jnp.asarray([3]), valid=jnp.asarray([False]))
   res = acc.result()
   assert res["count"] == 3
   assert res["top1"] == pytest.approx(100 / 3) and res["top5"] == pytest.approx(200 / 3)
-  x = bossnet.normalize_images(np.full((1, 2, 2, 3), 255, np.uint8))
-  np.testing.assert_allclose(x[0, 0, 0], (1 - np.array(bossnet.IMAGENET_MEAN))
-                             / np.array(bossnet.IMAGENET_STD), rtol=1e-6)
+  x = normalize.normalize_images(np.full((1, 2, 2, 3), 255, np.uint8))
+  np.testing.assert_allclose(x[0, 0, 0], (1 - np.array(normalize.IMAGENET_MEAN))
+                             / np.array(normalize.IMAGENET_STD), rtol=1e-6)

@@ -37,33 +37,21 @@ def test_unknown_config_field_names_it_and_the_closest_fields():
 
 
 def test_every_project_error_is_a_user_error():
-  from bossnas_jax import (
-    checkpoint_io,
-    convert,
-    evaluate,
-    export,
-    files,
-    main_job,
-    ranking,
-    ratings,
-    search,
-    search_space,
-  )
+  from bossnas_jax import search_space
+  from bossnas_jax.convert import state_dicts as convert
   from bossnas_jax.data import embedded, sources
+  from bossnas_jax.infra import checkpoint_io, files
   from bossnas_jax.models import bossnet_spec
-  from bossnas_jax.retrain import loop as retrain_loop
-  from bossnas_jax.retrain import state as retrain_state
-  from bossnas_jax.train import loop as train_loop
+  from bossnas_jax.rating import rank_files
+  from bossnas_jax.retrain import evaluate
+  from bossnas_jax.search import architecture, population, problem
 
   kinds = [checkpoint_io.CheckpointError, convert.ConversionError, evaluate.EvaluateError,
-           export.ExportError, files.WorkdirError, main_job.ConfigError, ranking.RateError,
-           ratings.RatingsError, search.SearchError, search_space.SearchSpaceError,
-           embedded.EmbeddedDataError, sources.DataSourceError, bossnet_spec.BossNetSpecError,
-           retrain_loop.TrainingError, train_loop.TrainingError, retrain_state.ConfigError]
+           architecture.ArchitectureFileError, files.WorkdirError, errors.ConfigError,
+           errors.TrainingError, population.RateError, rank_files.RatingsError,
+           problem.SearchError, search_space.SearchSpaceError, embedded.EmbeddedDataError,
+           sources.DataSourceError, bossnet_spec.BossNetSpecError]
   assert all(issubclass(k, errors.UserError) for k in kinds)
-  # One ConfigError and one TrainingError for both training loops.
-  assert main_job.ConfigError is retrain_state.ConfigError is errors.ConfigError
-  assert retrain_loop.TrainingError is train_loop.TrainingError is errors.TrainingError
 
 
 def _run(*args, env=None):

@@ -9,10 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bossnas_jax import checkpoint_io, convert
 from bossnas_jax import search_space as ss
+from bossnas_jax.convert import cli as convert_cli
+from bossnas_jax.convert import keys as convert_keys
+from bossnas_jax.convert import state_dicts as convert
+from bossnas_jax.infra import checkpoint_io
 from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
+from bossnas_jax.models import checkpoint as model_checkpoint
 
 try:
   import torch
@@ -117,7 +121,7 @@ def test_bossnet_round_trip_gives_identical_outputs(tiny_t0, tmp_path):
                                 bossnet.eval_logits(model, variables, x))
 
 
-TINY_SIZES = convert.SupernetSizes(ss.Dims(1 / 16, 64, 16), 64, 32, 48)
+TINY_SIZES = convert_keys.SupernetSizes(ss.Dims(1 / 16, 64, 16), 64, 32, 48)
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +165,10 @@ def test_cli_supernet(tiny_supernet, tmp_path):
   npz, out = str(tmp_path / "search.npz"), str(tmp_path / "ckpt")
   online = {k: v for k, v in tiny_supernet.items() if not k.startswith("target")}
   convert.save_npz(convert.export_supernet(online, TINY_SIZES), npz)  # fewer arrays: faster
-  assert convert.main(["import", npz, out, "--model", "supernet", "--dim-head", "16"]) == 0
-  back, meta = convert.load_converted(out)
+  assert convert_cli.main(["import", npz, out, "--model", "supernet", "--dim-head", "16"]) == 0
+  back, meta = model_checkpoint.load(out)
   assert meta["kind"] == "supernet"
-  sizes = convert.SupernetSizes.from_dict(meta["sizes"])
+  sizes = convert_keys.SupernetSizes.from_dict(meta["sizes"])
   assert sizes.dims.width_multiplier == 1 / 16 and sizes.dims.dim_head == 16
   assert (sizes.neck_hidden, sizes.neck_out, sizes.pred_hidden) == (64, 32, 48)
   _assert_trees_equal(back, online)
@@ -231,17 +235,17 @@ def test_cli_verified_checkpoint_and_export(tiny_t0, tmp_path, capsys):
   npz = str(tmp_path / "t0.npz")
   convert.save_npz(convert.export_bossnet(variables, TINY_T0), npz)
   out = str(tmp_path / "ckpt")
-  assert convert.main(["import", npz, out, "--model", "bossnet_t0", "--dim-head", "16"]) == 0
+  assert convert_cli.main(["import", npz, out, "--model", "bossnet_t0", "--dim-head", "16"]) == 0
   assert "keys matched" in capsys.readouterr().out
-  loaded_model, loaded = convert.load_bossnet(out)
+  loaded_model, loaded = model_checkpoint.load_bossnet(out)
   assert loaded_model.config == TINY_T0.replace(name="bossnet_t0")
   _assert_trees_equal(loaded, variables)
   npz2 = str(tmp_path / "back.npz")
-  assert convert.main(["export", out, npz2]) == 0
+  assert convert_cli.main(["export", out, npz2]) == 0
   a, b = convert.load_state_dict(npz), convert.load_state_dict(npz2)
   assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
   # A model the file does not fit: exit code 2 and the reason, nothing written.
-  assert convert.main(["import", npz, str(tmp_path / "x"), "--model", "bossnet_t0_nose",
+  assert convert_cli.main(["import", npz, str(tmp_path / "x"), "--model", "bossnet_t0_nose",
                        "--dim-head", "16"]) == 2
   assert "SE modules" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "x")
@@ -254,7 +258,7 @@ def test_cli_verified_checkpoint_and_export(tiny_t0, tmp_path, capsys):
   with open(target, "wb") as f:
     f.write(bytes(raw))
   with pytest.raises(checkpoint_io.CheckpointError):
-    convert.load_converted(out)
+    model_checkpoint.load(out)
 
 
 # ------------------------------------------------------------------------------------------------

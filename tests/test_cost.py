@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bossnas_jax import search_space as ss
-from bossnas_jax.models import bossnet, cost, heads, supernet
+from bossnas_jax.models import bossnet, cost, cost_report, heads, supernet
 from bossnas_jax.models import bossnet_spec as bs
 
 # docs/method.md#figures, #cost: (model, resolution, official MAdds, official params, true params).
@@ -191,7 +191,7 @@ def test_necks_equal_flax():
 
 
 def test_report_prints_acceptance_figures(capsys):
-  assert cost.main([]) == 0
+  assert cost_report.main([]) == 0
   out = capsys.readouterr().out
   for figure in ("3,441,888,768", "3,447,303,680", "5,736,197,632", "7,948,768,256",
                  "10,513,473,536", "37,231,232", "42,646,144", "37,319,080", "38,415,960",
@@ -200,15 +200,15 @@ def test_report_prints_acceptance_figures(capsys):
 
 
 def test_cost_command_rates_one_network_or_refuses(capsys):
-  assert cost.main(["--arch", "bossnet_t0"]) == 0
+  assert cost_report.main(["--arch", "bossnet_t0"]) == 0
   out = capsys.readouterr().out
   assert "3,442,978,304 MAdds" in out and "42,646,144 params" in out  # True MAdds, official params.
   arch = "4444-4321-1011-0010"
-  assert cost.main(["--arch", arch, "--resolution", "32", "--width_multiplier", "0.0625",
+  assert cost_report.main(["--arch", arch, "--resolution", "32", "--width_multiplier", "0.0625",
                     "--num_classes", "10", "--dim_head", "8"]) == 0
   c = cost.architecture_cost(arch, 32, width_multiplier=1 / 16, num_classes=10, dim_head=8)
   assert f"{c.madds:>15,} MAdds {c.params:>12,} params" in capsys.readouterr().out
-  assert cost.main(["--arch", "9999"]) == 1
+  assert cost_report.main(["--arch", "9999"]) == 1
   assert "expected 4 paths" in capsys.readouterr().err
   with pytest.raises(SystemExit):  # Options of one network without a network.
-    cost.main(["--resolution", "32"])
+    cost_report.main(["--resolution", "32"])

@@ -18,6 +18,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from bossnas_jax.data import device_augment as da
 from bossnas_jax.data import host_augment as ha
+from bossnas_jax.data import normalize
 
 
 def foolbox_images(prefix):
@@ -236,7 +237,7 @@ def test_solarize_only_in_pipeline_two_end_to_end():
   # White views stay >= 0.6 through jitter, grayscale and blur; solarize turns them <= 0.4.
   views = jnp.full((500, 8, 4, 4, 3), 255, jnp.uint8)
   out = np.asarray(augment(jax.random.key(1), views))
-  raw = out * np.asarray(da.IMAGENET_STD) + np.asarray(da.IMAGENET_MEAN)
+  raw = out * np.asarray(normalize.IMAGENET_STD) + np.asarray(normalize.IMAGENET_MEAN)
   solarized = raw.mean((2, 3, 4)) < 0.5
   assert not solarized[:, :4].any()
   assert solarized[:, 4:].mean() == pytest.approx(0.2, abs=0.03)
@@ -253,8 +254,8 @@ def test_device_augment_shapes_determinism_and_dtype():
   half = jax.eval_shape(lambda k, v: da.device_augment(k, v, dtype=jnp.bfloat16), key, views)
   assert half.dtype == jnp.bfloat16 and half.shape == a.shape  # (Traced only: no compile.)
   # Untouched mid-grey maps to (0.5 - mean) / std.
-  plain = da.normalize(jnp.full((1, 1, 3), 0.5))
-  expected = (0.5 - np.asarray(da.IMAGENET_MEAN)) / np.asarray(da.IMAGENET_STD)
+  plain = normalize.normalize(jnp.full((1, 1, 3), 0.5))
+  expected = (0.5 - np.asarray(normalize.IMAGENET_MEAN)) / np.asarray(normalize.IMAGENET_STD)
   assert np.allclose(plain[0, 0], expected, atol=1e-6)
 
 

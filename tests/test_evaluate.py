@@ -9,22 +9,23 @@ import pytest
 from PIL import Image
 from train_utils import prepare_data
 
-from bossnas_jax import convert, evaluate
-from bossnas_jax.data import embedded
+from bossnas_jax.data import embedded, host_augment
 from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
+from bossnas_jax.models import checkpoint as model_checkpoint
+from bossnas_jax.retrain import evaluate
 
 
 def test_eval_image_resizes_the_short_side_and_centre_crops():
   img = np.zeros((375, 500, 3), np.uint8)
   img[:, 250:] = 255  # Right half white: the centre crop straddles the edge.
-  out = evaluate.eval_image(img, 224)
+  out = host_augment.eval_image(img, 224)
   assert out.shape == (224, 224, 3)
   # Short side to floor(224 * 256 / 224) = 256: 341 x 256, then the centre 224 columns.
   ref = Image.fromarray(img).resize((341, 256), Image.BICUBIC)
   left, top = (341 - 224) // 2, (256 - 224) // 2
   np.testing.assert_array_equal(out, np.asarray(ref.crop((left, top, left + 224, top + 224))))
-  grey = evaluate.eval_image(np.full((28, 28), 7, np.uint8), 32)
+  grey = host_augment.eval_image(np.full((28, 28), 7, np.uint8), 32)
   assert grey.shape == (32, 32, 3) and np.all(grey == 7)
 
 
@@ -34,7 +35,7 @@ def checkpoint(tmp_path_factory):
   model = bossnet.BossNet(config)
   variables = bossnet.init_variables(model, jax.random.key(0), resolution=32)
   path = str(tmp_path_factory.mktemp("ckpt") / "t0")
-  convert.save_converted(path, variables, {"kind": "bossnet", "config": config.to_dict()})
+  model_checkpoint.save(path, variables, {"kind": "bossnet", "config": config.to_dict()})
   return path
 
 

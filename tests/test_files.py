@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from bossnas_jax import checkpoint_io, files
+from bossnas_jax.infra import checkpoint_io, files
 
 
 @pytest.fixture(params=["disk", "bucket"])
@@ -128,8 +128,8 @@ def test_checkpoints_in_a_bucket_verify_fall_back_and_set_aside(bucket_dir):
 _COMPILE = """
 import sys
 import jax, jax.numpy as jnp
-from bossnas_jax import utils
-utils.enable_compilation_cache(sys.argv[1])
+from bossnas_jax.infra import compile_cache
+compile_cache.enable(sys.argv[1])
 print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).sum()))
 """
 
@@ -154,7 +154,7 @@ def test_jax_compilation_cache_in_a_bucket(bucket_dir):
 
 def test_a_bucket_workdir_without_gcsfs_is_one_clear_error(without_gcsfs):
   out = without_gcsfs("""
-from bossnas_jax import files
+from bossnas_jax.infra import files
 try:
   files.check_workdir("gs://bucket/run")
 except files.WorkdirError as e:

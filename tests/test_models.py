@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from bossnas_jax import search_space as ss
-from bossnas_jax import summary
-from bossnas_jax.models import heads, supernet
+from bossnas_jax.models import heads, summary, supernet
 from bossnas_jax.models.layers import MHSA
 from configs import hytra
 
@@ -212,7 +211,7 @@ def test_cpu_layer_forms_under_shard_map_equal_the_plain_ones(monkeypatch):
   import flax.linen as nn
   from jax import lax
 
-  from bossnas_jax import parallel
+  from bossnas_jax.infra import parallel
   from bossnas_jax.models import layers
 
   class Net(nn.Module):

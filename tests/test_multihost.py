@@ -138,8 +138,9 @@ def test_main_job_on_two_processes(tmp_path, where, request):
   plain device_get of a split array fails there), process 0 searches and exports while process
   1 waits, and both leave cleanly. The workdir on a disk, or in a gs:// bucket both processes
   write to (the emulator of this process; the workers inherit its variables)."""
-  from bossnas_jax import files, ratings
   from bossnas_jax import search_space as ss
+  from bossnas_jax.infra import files
+  from bossnas_jax.rating import rank_files
 
   data_dir = prepare_data(str(tmp_path / "data"))
   workdir = str(tmp_path / "run") if where == "disk" else request.getfixturevalue("bucket_dir")
@@ -148,7 +149,7 @@ def test_main_job_on_two_processes(tmp_path, where, request):
   arch = files.read_json(os.path.join(workdir, "architecture.json"))
   parsed = ss.parse_architecture(arch["architecture"])
   assert config_for(data_dir).train.epochs_per_block == 1
-  rank_files = ratings.read_rank_files(workdir)
+  rank_files = rank_files.read_rank_files(workdir)
   for b in range(ss.NUM_BLOCKS):
     scores = rank_files[(b, parsed.input_scale(b))].scores
     assert set(scores) == set(ss.candidates(b, parsed.input_scale(b)))

@@ -10,10 +10,12 @@ import pytest
 import scipy.stats
 from test_search import all_chains, write_synthetic_ratings
 
-from bossnas_jax import export, ranking
-from bossnas_jax import ratings as rt
-from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
+from bossnas_jax.ranking_quality import correlation
+from bossnas_jax.rating import rank_files as rt
+from bossnas_jax.search import architecture, population
+from bossnas_jax.search import problem as sp
+from bossnas_jax.search import strategies as sr
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
@@ -33,7 +35,7 @@ def test_exhaustive_choice_has_rank_1_in_the_whole_space(tmp_path):
   _write_run(tmp_path, seed=1)
   result, problem = sr.run_search(str(tmp_path), strategy="exhaustive", resolution=32)
   chosen = str(result.architecture)
-  run, rated = ranking.rate(str(tmp_path), [chosen, ss.BOSSNET_T0], resolution=32)
+  run, rated = population.rate(str(tmp_path), [chosen, ss.BOSSNET_T0], resolution=32)
   assert len(run.population) == problem.num_architectures > 1_000_000
   top, t0 = rated
   assert top.rank == 1 and top.tied == 1 and top.score == result.chosen.score
@@ -41,24 +43,24 @@ def test_exhaustive_choice_has_rank_1_in_the_whole_space(tmp_path):
   assert top.block_scores == result.chosen.block_scores
   # T0's rank equals a direct count over the population.
   assert t0.rank == 1 + int(np.sum(run.population.scores < t0.score))
-  assert t0.costs["true"].madds == sr.evaluate(problem, ss.BOSSNET_T0).cost.madds
+  assert t0.costs["true"].madds == sp.evaluate(problem, ss.BOSSNET_T0).cost.madds
   assert set(t0.costs) == {"true", "official"}
 
 
 @pytest.mark.parametrize("quantum", [None, 0.05])
 def test_ranks_and_percentiles_equal_a_brute_force_count(tmp_path, quantum):
   _write_run(tmp_path, seed=2, per_scale=4, quantum=quantum)
-  run = ranking.load_run(str(tmp_path), resolution=32)
+  run = population.load_run(str(tmp_path), resolution=32)
   chains = list(all_chains(run.population.problem))
   assert len(chains) == len(run.population)
-  scores = np.array([sr.evaluate(run.population.problem, a).score for a in chains])
+  scores = np.array([sp.evaluate(run.population.problem, a).score for a in chains])
   listed = {str(run.population.architecture(i)): run.population.scores[i]
             for i in range(len(run.population))}
   assert sorted(listed) == sorted(str(a) for a in chains)
   if quantum:
     assert len(np.unique(scores)) < len(scores)  # ties exist
   for a, s in zip(chains[::7], scores[::7]):
-    r = ranking.rate_one(run, a)
+    r = population.rate_one(run, a)
     assert listed[str(a)] == s == r.score
     assert r.rank == 1 + int(np.sum(scores < s))
     assert r.tied == int(np.sum(scores == s))
@@ -69,17 +71,17 @@ def test_errors_name_block_scale_or_position_and_the_rest_is_rated(tmp_path):
   _write_run(tmp_path, seed=3, skip={(2, 0)})  # block 2 never rated from 7x7
   good = "4444-3323-2222-3332"
   from_7 = "4220-1111-0000-0000"  # block 2 takes input at 7x7
-  run, out = ranking.rate(str(tmp_path), [good, "5433-1230-0010-0000", from_7, "12"], 32)
+  run, out = population.rate(str(tmp_path), [good, "5433-1230-0010-0000", from_7, "12"], 32)
   assert run.population is None and "block2_in7.json" in run.missing
-  assert isinstance(out[0], ranking.Rating) and out[0].rank is None  # no exact rank, still rated
-  assert isinstance(out[1], ranking.RateError) and "position 2" in str(out[1])
-  assert isinstance(out[2], ranking.RateError)
+  assert isinstance(out[0], population.Rating) and out[0].rank is None  # no exact rank, still rated
+  assert isinstance(out[1], population.RateError) and "position 2" in str(out[1])
+  assert isinstance(out[2], population.RateError)
   assert "block 2" in str(out[2]) and "7x7" in str(out[2]) and "block2_in7.json" in str(out[2])
   assert "rated only at input 14x14" in str(out[2])
-  assert isinstance(out[3], ranking.RateError) and "expected 4 paths" in str(out[3])
+  assert isinstance(out[3], population.RateError) and "expected 4 paths" in str(out[3])
   # A block with no rank file at all yet.
   _write_run(tmp_path / "partial", seed=3, skip={(3, 0), (3, 1)})
-  _, (e,) = ranking.rate(str(tmp_path / "partial"), [good], 32)
+  _, (e,) = population.rate(str(tmp_path / "partial"), [good], 32)
   assert "block 3 is not rated yet" in str(e)
 
 
@@ -107,19 +109,20 @@ def test_launch_rate_prints_every_architecture_and_writes_json(tmp_path):
   # An architecture.json as the list, and a workdir without ratings: one clear line, status 2.
   arch_json = tmp_path / "architecture.json"
   arch_json.write_text(json.dumps({"architecture": chosen}))
-  assert ranking.read_architecture_list(str(arch_json)) == [chosen]
+  assert population.read_architecture_list(str(arch_json)) == [chosen]
   listed = tmp_path / "list.json"  # A JSON list of strings; an empty one is an error.
   listed.write_text(json.dumps([chosen, ss.BOSSNET_T0]))
-  assert ranking.read_architecture_list(str(listed)) == [chosen, ss.BOSSNET_T0]
+  assert population.read_architecture_list(str(listed)) == [chosen, ss.BOSSNET_T0]
   listed.write_text("[]")
-  with pytest.raises(ranking.RateError, match="holds no architecture"):
-    ranking.read_architecture_list(str(listed))
-  with pytest.raises(export.ExportError, match="not an architecture.json: it holds a JSON list"):
-    export.load_architecture(str(listed))
+  with pytest.raises(population.RateError, match="holds no architecture"):
+    population.read_architecture_list(str(listed))
+  with pytest.raises(architecture.ArchitectureFileError,
+                     match="not an architecture.json: it holds a JSON list"):
+    architecture.load_architecture(str(listed))
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "rate.py"), "--workdir",
        str(tmp_path / "nothing"), chosen], capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+  assert proc.returncode == 1 and proc.stderr.count("\n") == 1
   assert "does not exist" in proc.stderr
 
 
@@ -128,33 +131,33 @@ def test_correlations_equal_scipy_with_ties():
   for n in (5, 12, 40):
     x = rng.integers(0, 6, n).astype(float)  # many ties
     y = x + rng.integers(-3, 4, n)
-    assert ranking.kendall_tau_b(x, y) == pytest.approx(
+    assert correlation.kendall_tau_b(x, y) == pytest.approx(
         scipy.stats.kendalltau(x, y, variant="b").statistic, abs=1e-12)
-    assert ranking.spearman_rho(x, y) == pytest.approx(
+    assert correlation.spearman_rho(x, y) == pytest.approx(
         scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
   # Hand-computed: pairs (1,2),(1,3),(2,3) of x=[1,2,3], y=[1,3,2] -> C=2, D=1 -> tau 1/3.
-  assert ranking.kendall_tau_b([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
-  assert sr.average_ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+  assert correlation.kendall_tau_b([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+  assert sp.average_ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
   x = np.arange(30.0)
   y = x + rng.normal(0, 3, 30)
-  lo, hi = ranking.bootstrap_interval(x, y, samples=300)
-  assert 0.5 < lo < ranking.kendall_tau_b(x, y) < hi <= 1.0
-  assert (lo, hi) == ranking.bootstrap_interval(x, y, samples=300)  # seeded
-  assert ranking.bootstrap_interval(x, y, samples=300, seed=1) != (lo, hi)
+  lo, hi = correlation.bootstrap_interval(x, y, samples=300)
+  assert 0.5 < lo < correlation.kendall_tau_b(x, y) < hi <= 1.0
+  assert (lo, hi) == correlation.bootstrap_interval(x, y, samples=300)  # seeded
+  assert correlation.bootstrap_interval(x, y, samples=300, seed=1) != (lo, hi)
 
 
 @pytest.mark.parametrize("how", ["zscore", "rank"])
 def test_normalised_search_and_rating_agree_with_brute_force(tmp_path, how):
   _write_run(tmp_path, seed=7, per_scale=5)
   raw = rt.read_ratings(str(tmp_path))
-  norm = sr.normalize_scores(raw, how)
-  problem = sr.build_problem(norm, 32)
-  best = min(all_chains(problem), key=lambda a: sr.evaluate(problem, a).key())
+  norm = sp.normalize_scores(raw, how)
+  problem = sp.build_problem(norm, 32)
+  best = min(all_chains(problem), key=lambda a: sp.evaluate(problem, a).key())
   result, _ = sr.run_search(str(tmp_path), strategy="exhaustive", resolution=32, normalize=how)
   assert str(result.architecture) == str(best)
-  run, (r,) = ranking.rate(str(tmp_path), [best], resolution=32, normalize=how)
+  run, (r,) = population.rate(str(tmp_path), [best], resolution=32, normalize=how)
   assert r.rank == 1 and run.normalize == how
   assert r.block_scores == tuple(norm[(b, best.input_scale(b))][p]
                                  for b, p in enumerate(best.paths))
-  with pytest.raises(sr.SearchError, match="normalize"):
-    sr.settings_from(None, normalize="minmax")
+  with pytest.raises(sp.SearchError, match="normalize"):
+    sp.settings_from(None, normalize="minmax")

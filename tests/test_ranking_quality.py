@@ -11,22 +11,23 @@ import numpy as np
 import pytest
 from test_ranking import _write_run
 
-from bossnas_jax import proxies, ranking
-from bossnas_jax import ranking_quality as rq
-from bossnas_jax import ratings as rt
-from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
 from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
+from bossnas_jax.ranking_quality import noise, proxies
+from bossnas_jax.ranking_quality import protocol as rq
+from bossnas_jax.rating import rank_files as rt
+from bossnas_jax.search import population as population_lib
+from bossnas_jax.search import problem as sp
 
 
 @pytest.fixture(scope="module")
 def population(tmp_path_factory):
   d = tmp_path_factory.mktemp("run")
   _write_run(d, seed=5)
-  problem = sr.build_problem(rt.read_ratings(str(d)), 32, num_classes=10,
+  problem = sp.build_problem(rt.read_ratings(str(d)), 32, num_classes=10,
                              width_multiplier=1 / 16, dim_head=8)
-  return ranking.enumerate_architectures(problem)
+  return population_lib.enumerate_architectures(problem)
 
 
 def test_sample_is_distinct_in_band_half_spread_and_ceiling_networks_first(population):
@@ -183,14 +184,14 @@ def test_normalised_and_first_rating_estimators(tmp_path):
                  history / rt.rank_file_name(b, s).replace(".json", f"_epoch{epoch}.json"))
   archs = ["4444-3323-2222-3332", ss.BOSSNET_T0]
   est = rq.rank_file_estimators(str(tmp_path), archs)
-  problem = sr.build_problem(final, 32)
-  assert est["bossnas"] == [-sr.evaluate(problem, a).score for a in archs]
+  problem = sp.build_problem(final, 32)
+  assert est["bossnas"] == [-sp.evaluate(problem, a).score for a in archs]
   assert est["bossnas_first_rating"] == pytest.approx([v - 10.0 for v in est["bossnas"]])
-  z = sr.normalize_scores(final, "zscore")
+  z = sp.normalize_scores(final, "zscore")
   for v in z.values():
     vals = np.array(list(v.values()))
     assert abs(vals.mean()) < 1e-9 and vals.std() == pytest.approx(1.0)
-  r = sr.normalize_scores(final, "rank")
+  r = sp.normalize_scores(final, "rank")
   for k, v in r.items():
     best = min(final[k], key=final[k].get)
     assert v[best] == 0.0 and max(v.values()) == 1.0
@@ -243,8 +244,8 @@ def test_resume_settings_survive_json_and_refuse_a_changed_recipe_metric_or_sear
 
 def test_zscore_of_a_constant_rank_file_is_zero_and_neg_inf_ranks_last():
   scores = {(0, 3): {(5, 4, 3, 3): 0.7, (4, 4, 4, 4): 0.7, (5, 5, 4, 4): 0.7}}
-  assert set(sr.normalize_scores(scores, "zscore")[(0, 3)].values()) == {0.0}
-  assert set(sr.normalize_scores(scores, "rank")[(0, 3)].values()) == {0.5}
+  assert set(sp.normalize_scores(scores, "zscore")[(0, 3)].values()) == {0.0}
+  assert set(sp.normalize_scores(scores, "rank")[(0, 3)].values()) == {0.5}
   # NASWOT's singular kernel (-inf) is the worst verdict, kept in the correlation.
   r = rq.correlation([-np.inf, 1.0, 2.0, 3.0], [10.0, 20.0, 30.0, 40.0], samples=50)
   assert r["n"] == 4 and r["kendall_tau"] == pytest.approx(1.0)
@@ -289,7 +290,7 @@ def test_noise_statistics_separate_the_seed_shift_and_the_churn():
     seed1 = right.copy()
     seed1[:20 + 10 * k] = False  # seed 1 costs every network 2-5 points (on those examples)
     correct[(arch, 1)] = seed1
-  s = rq.noise_statistics(correct)
+  s = noise.noise_statistics(correct)
   assert s["trainings"] == 8 and s["architectures_with_two_seeds"] == 4
   assert s["seed_shift"]["0"] == pytest.approx(1.75)
   assert s["seed_shift"]["1"] == pytest.approx(-1.75)
@@ -303,7 +304,7 @@ def test_noise_statistics_separate_the_seed_shift_and_the_churn():
   assert s["disagreement_same_seed"] == pytest.approx(100 * (same_seed_0 + same_seed_1) / 2 / n)
   assert d["sd_from_churn"] == pytest.approx(100 * np.sqrt(np.mean([20, 30, 40, 50]) / n / n))
   assert d["churn_share_of_variance"] == pytest.approx((d["sd_from_churn"] / d["sd"]) ** 2)
-  text = rq.format_noise(s)
+  text = noise.format_noise(s)
   assert "seed 0 +1.75" in text and "test-set churn alone would give sd" in text
   with pytest.raises(rq.BenchmarkError, match="no finished training"):
-    rq.noise_statistics({})
+    noise.noise_statistics({})

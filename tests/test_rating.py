@@ -5,14 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bossnas_jax import parallel, rating
 from bossnas_jax import search_space as ss
-from bossnas_jax.models import supernet
+from bossnas_jax.infra import parallel
+from bossnas_jax.models import siamese, supernet
+from bossnas_jax.rating import population_centre
 from bossnas_jax.train import lars as lars_lib
 from bossnas_jax.train import step as step_lib
 
 DIMS = ss.Dims(1 / 16, 32, 8)
-MODELS = step_lib.Models(DIMS, 1, 64, 32, 64)
+MODELS = siamese.Models(DIMS, 1, 64, 32, 64)
 CANDIDATES = [(3, 2, 1, 0), (2, 3, 3, 3), (1, 0, 0, 1), (3, 3, 3, 2)]
 IN_SCALE = 1
 
@@ -42,8 +43,9 @@ def setup():
 def _rater(mesh, setup):
   state, calib, rate_batches = setup
   put = lambda x: jax.device_put(x, parallel.batch_sharded(mesh))
-  return rating.Rater(MODELS, mesh, parallel.replicate(state, mesh), IN_SCALE,
-                      [put(c) for c in calib], [(put(p), put(m)) for p, m in rate_batches])
+  return population_centre.Rater(MODELS, mesh, parallel.replicate(state, mesh), IN_SCALE,
+                                 [put(c) for c in calib],
+                                 [(put(p), put(m)) for p, m in rate_batches])
 
 
 def test_recalibration_is_exact_on_8_devices(setup):
@@ -64,7 +66,7 @@ def test_recalibration_is_exact_on_8_devices(setup):
   #    on one device and merging the moments: the 8-device statistics are exact, not averaged.
   state1 = state
   per_slice = [c[2 * i:2 * i + 2] for c in calib for i in range(8)]
-  ref = rating.Rater(MODELS, _mesh(1), state1, IN_SCALE, per_slice, []).calibrate(path)
+  ref = population_centre.Rater(MODELS, _mesh(1), state1, IN_SCALE, per_slice, []).calibrate(path)
   for side in ("target", "online"):
     a = {"units": got[side]["units"],
          "heads": jax.tree.map(lambda v: v, {k: v["batch_stats"]
@@ -116,8 +118,8 @@ def _reference_scores(setup, calibrated):
 
 def test_centre_and_scores_match_a_direct_computation(setup, tmp_path):
   rater = _rater(_mesh(8), setup)
-  got = rating.rate(rater, CANDIDATES, workdir=str(tmp_path), block=1,
-                    progress_key={"epoch": 1})
+  got = population_centre.rate(rater, CANDIDATES, workdir=str(tmp_path), block=1,
+                               progress_key={"epoch": 1})
   calibrated = {p: rater.calibrate(p) for p in CANDIDATES}
   want = _reference_scores(setup, calibrated)
   for p in CANDIDATES:
@@ -128,10 +130,10 @@ def test_centre_and_scores_match_a_direct_computation(setup, tmp_path):
 
 def test_interrupted_rating_redoes_only_unfinished_candidates(setup, tmp_path, monkeypatch):
   rater = _rater(_mesh(8), setup)
-  full = rating.rate(rater, CANDIDATES, workdir=str(tmp_path / "a"), block=1,
-                     progress_key={"epoch": 1})
+  full = population_centre.rate(rater, CANDIDATES, workdir=str(tmp_path / "a"), block=1,
+                                progress_key={"epoch": 1})
   calls = []
-  original = rating.Rater.calibrate
+  original = population_centre.Rater.calibrate
 
   def failing(self, path):
     calls.append(path)
@@ -139,20 +141,21 @@ def test_interrupted_rating_redoes_only_unfinished_candidates(setup, tmp_path, m
       raise KeyboardInterrupt
     return original(self, path)
 
-  monkeypatch.setattr(rating.Rater, "calibrate", failing)
+  monkeypatch.setattr(population_centre.Rater, "calibrate", failing)
   with pytest.raises(KeyboardInterrupt):
-    rating.rate(rater, CANDIDATES, workdir=str(tmp_path / "b"), block=1,
-                progress_key={"epoch": 1})
+    population_centre.rate(rater, CANDIDATES, workdir=str(tmp_path / "b"), block=1,
+                           progress_key={"epoch": 1})
   calls.clear()
-  monkeypatch.setattr(rating.Rater, "calibrate",
+  monkeypatch.setattr(population_centre.Rater, "calibrate",
                       lambda self, path: (calls.append(path), original(self, path))[1])
-  resumed = rating.rate(rater, CANDIDATES, workdir=str(tmp_path / "b"), block=1,
-                        progress_key={"epoch": 1})
+  resumed = population_centre.rate(rater, CANDIDATES, workdir=str(tmp_path / "b"), block=1,
+                                   progress_key={"epoch": 1})
   # Pass 1 resumes at the third candidate; pass 2 recalibrates only those centred before the kill.
   assert calls == CANDIDATES[2:] + CANDIDATES[:2]
   for p in CANDIDATES:
     assert resumed[p] == pytest.approx(full[p], abs=1e-6)
   # Progress of another epoch is not reused.
   calls.clear()
-  rating.rate(rater, CANDIDATES, workdir=str(tmp_path / "b"), block=1, progress_key={"epoch": 2})
+  population_centre.rate(rater, CANDIDATES, workdir=str(tmp_path / "b"), block=1,
+                         progress_key={"epoch": 2})
   assert len(calls) == 4

@@ -15,10 +15,10 @@ import optax
 import pytest
 from train_utils import assert_trees_equal, prepare_data
 
-from bossnas_jax import checkpoint_io, evaluate, files, parallel
 from bossnas_jax.data import embedded, mixing
+from bossnas_jax.infra import checkpoint_io, errors, files, parallel
 from bossnas_jax.models import bossnet
-from bossnas_jax.retrain import checkpoints, optim
+from bossnas_jax.retrain import checkpoints, evaluate, metrics, optim
 from bossnas_jax.retrain import loop as retrain_loop
 from bossnas_jax.retrain import state as state_lib
 from bossnas_jax.retrain import step as step_lib
@@ -110,15 +110,15 @@ def test_ece_matches_numpy_and_adds_up_over_batches():
   labels = rng.integers(0, 10, 300).astype(np.int32)
   labels[:120] = logits[:120].argmax(1)  # Some correct predictions.
   want = _numpy_ece(logits.astype(np.float64), labels)
-  acc = evaluate.CalibrationAccumulator()
+  acc = metrics.CalibrationAccumulator()
   for s in range(0, 300, 70):
     acc.update(logits[s:s + 70], labels[s:s + 70])
   assert acc.ece() == pytest.approx(want, abs=1e-4)
   # Padding rows (valid False) do not count.
-  padded = evaluate.calibration_sums(np.concatenate([logits, logits[:5]]),
+  padded = metrics.calibration_sums(np.concatenate([logits, logits[:5]]),
                                      np.concatenate([labels, labels[:5]]),
                                      np.arange(305) < 300)
-  assert evaluate.expected_calibration_error(padded) == pytest.approx(want, abs=1e-4)
+  assert metrics.expected_calibration_error(padded) == pytest.approx(want, abs=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,21 +214,21 @@ def test_resume_after_a_kill_and_a_corrupt_checkpoint_equals_the_uninterrupted_r
 def test_bad_inputs_fail_with_clear_errors(data_dir, tmp_path):
   c = tiny_config(data_dir)
   c.model.arch = "bossnet_t9"
-  with pytest.raises(state_lib.ConfigError, match="bossnet_t9.*named model"):
+  with pytest.raises(errors.ConfigError, match="bossnet_t9.*named model"):
     retrain_loop.Run(c, str(tmp_path))
   c = tiny_config(data_dir)
   c.model.arch = "5433-3230-0010-9999"
-  with pytest.raises(state_lib.ConfigError, match="5433-3230-0010-9999"):
+  with pytest.raises(errors.ConfigError, match="5433-3230-0010-9999"):
     retrain_loop.Run(c, str(tmp_path))
   c = tiny_config(data_dir)
   c.model.resolution = 48
-  with pytest.raises(retrain_loop.ConfigError, match="multiple of 32"):
+  with pytest.raises(errors.ConfigError, match="multiple of 32"):
     retrain_loop.Run(c, str(tmp_path))
   c = tiny_config(data_dir, batch_size=12)
   with pytest.raises(ValueError, match="train.batch_size=12 does not split evenly over 8"):
     retrain_loop.Run(c, str(tmp_path))
   c = tiny_config(data_dir, warmup_epochs=2.0)
-  with pytest.raises(retrain_loop.ConfigError, match="warmup_epochs"):
+  with pytest.raises(errors.ConfigError, match="warmup_epochs"):
     retrain_loop.Run(c, str(tmp_path))
   c = tiny_config(data_dir)
   c.model.arch = str(tmp_path / "missing" / "architecture.json")

@@ -16,10 +16,8 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image, ImageFilter
 from test_data_embedded import IDX_DIR, small_idx_folder
 
-from bossnas_jax import evaluate
-from bossnas_jax.data import classification, embedded, host_augment, mixing
+from bossnas_jax.data import classification, embedded, host_augment, mixing, normalize
 from bossnas_jax.data import randaugment as ra
-from bossnas_jax.models import bossnet
 
 needs_idx = pytest.mark.skipif(
     not os.path.isdir(IDX_DIR),
@@ -73,7 +71,7 @@ def test_parse_the_recipe_spec():
   assert ra.RandAugment.parse("rand-m9-inc0").ops == ra.STANDARD_OPS
   assert ra.from_config(None) is None and ra.from_config("") is None
   # The fill is round(255 * ImageNet mean).
-  assert ra.MEAN_FILL == tuple(round(255 * m) for m in bossnet.IMAGENET_MEAN)
+  assert ra.MEAN_FILL == tuple(round(255 * m) for m in normalize.IMAGENET_MEAN)
 
 
 @pytest.mark.parametrize("spec", ["rand-m9-x3", "augmix-m5", "rand-w0-m9", "rand-m11",
@@ -357,7 +355,7 @@ def test_eval_batches_are_padded_and_masked(data_dir):
   images = np.concatenate([b["image"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])
   for i in (0, 13, 19):
-    assert np.array_equal(images[i], evaluate.eval_image(source[i][0], 24))
+    assert np.array_equal(images[i], host_augment.eval_image(source[i][0], 24))
     assert labels[i] == source[i][1]
   assert not images[20:].any() and not labels[20:].any()
   hosts = [list(classification.eval_iterator(data, split="test", resolution=24,
@@ -570,7 +568,7 @@ def test_train_inputs_inside_shard_map_per_device():
   key = jax.random.key(0)
   x, t = (np.asarray(a) for a in run(key, images, labels))
   assert x.dtype == t.dtype == np.float32 and x.shape == (16, 16, 16, 3) and t.shape == (16, 10)
-  normalised = bossnet.normalize_images(images)
+  normalised = normalize.normalize_images(images)
   for d in range(4):
     lo = slice(4 * d, 4 * d + 4)
     k_erase, k_mix = jax.random.split(jax.random.fold_in(key, d))
@@ -585,7 +583,7 @@ def test_train_inputs_without_erasing_or_mixing_is_normalise_and_smooth():
   labels = np.array([1, 2, 3, 4], np.int32)
   plain = augment_config(erase_prob=0.0, mixup=0.0, cutmix=0.0)
   x, t = mixing.train_inputs(jax.random.key(0), images, labels, plain, 10)
-  np.testing.assert_allclose(x, bossnet.normalize_images(images), rtol=1e-6)
+  np.testing.assert_allclose(x, normalize.normalize_images(images), rtol=1e-6)
   np.testing.assert_allclose(t, _smoothed(labels), rtol=1e-6)
 
 

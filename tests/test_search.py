@@ -11,10 +11,11 @@ import random
 import numpy as np
 import pytest
 
-from bossnas_jax import ratings as rt
-from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
 from bossnas_jax.models import cost
+from bossnas_jax.rating import rank_files as rt
+from bossnas_jax.search import problem as sp
+from bossnas_jax.search import strategies as sr
 
 # ------------------------------------------------------------------------------------------------
 # Synthetic rank files (also used by test_export.py).
@@ -58,7 +59,7 @@ def write_synthetic_ratings(workdir, seed=0, per_scale=None, score=None) -> dict
   return written
 
 
-def all_chains(problem: sr.Problem):
+def all_chains(problem: sp.Problem):
   """Brute force: every rated architecture."""
   def rec(b, s, prefix):
     if b == ss.NUM_BLOCKS:
@@ -83,7 +84,7 @@ def random_architectures(n, seed=0):
   return out
 
 
-def triple(e: sr.Evaluated):
+def triple(e: sp.Evaluated):
   return (e.score, e.cost.madds, e.cost.params)
 
 
@@ -103,14 +104,14 @@ def small(tmp_path_factory):
   """4 rated candidates per (block, scale): few hundred architectures, brute-forceable."""
   d = str(tmp_path_factory.mktemp("small"))
   write_synthetic_ratings(d, seed=3, per_scale=4)
-  return d, sr.load_problem(d)
+  return d, sp.load_problem(d)
 
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("full"))
   write_synthetic_ratings(d, seed=1)
-  return d, sr.load_problem(d)
+  return d, sp.load_problem(d)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,26 +222,26 @@ def test_missing_workdir_ratings_and_rank_file(tmp_path):
   write_synthetic_ratings(str(tmp_path), per_scale=4)
   missing = rt.rank_file_path(str(tmp_path), 2, 1)
   os.remove(missing)
-  with pytest.raises(sr.SearchError, match="missing rank file") as e:
+  with pytest.raises(sp.SearchError, match="missing rank file") as e:
     sr.run_search(str(tmp_path))
   assert missing in str(e.value)
 
 
 def test_settings():
-  with pytest.raises(sr.SearchError, match="strategy='random'.*evolution, exhaustive, greedy"):
-    sr.settings_from(None, strategy="random")
-  with pytest.raises(sr.SearchError, match="resolution=200"):
-    sr.SearchSettings(resolution=200)
-  with pytest.raises(sr.SearchError, match="max_madds"):
-    sr.SearchSettings(max_madds=-1.0)
+  with pytest.raises(sp.SearchError, match="strategy='random'.*evolution, exhaustive, greedy"):
+    sp.settings_from(None, strategy="random")
+  with pytest.raises(sp.SearchError, match="resolution=200"):
+    sp.SearchSettings(resolution=200)
+  with pytest.raises(sp.SearchError, match="max_madds"):
+    sp.SearchSettings(max_madds=-1.0)
   from configs import hytra  # The experiment config: its search section and run seed.
   config = hytra.get_config("demo")
   config.seed = 7
-  st = sr.settings_from(config, max_madds=4e9)
+  st = sp.settings_from(config, max_madds=4e9)
   assert (st.population, st.generations, st.seed, st.max_madds, st.strategy) == (
       20, 10, 7, 4e9, "exhaustive")
   assert st.resolution == 32  # The demo's final BossNet size.
-  st = sr.settings_from({"strategy": "greedy", "max_params": None, "other": 1})
+  st = sp.settings_from({"strategy": "greedy", "max_params": None, "other": 1})
   assert st.strategy == "greedy" and st.max_params is None
 
 
@@ -261,7 +262,7 @@ def test_exhaustive_matches_brute_force(small):
   _, problem = small
   archs = all_chains(problem)
   assert len(archs) == problem.num_architectures and 50 < len(archs) < 1000
-  evals = [sr.evaluate(problem, a) for a in archs]
+  evals = [sp.evaluate(problem, a) for a in archs]
   front = sr.pareto_front(problem)
   assert {triple(e) for e in front} == naive_front([triple(e) for e in evals])
   madds = sorted(e.cost.madds for e in evals)
@@ -269,11 +270,11 @@ def test_exhaustive_matches_brute_force(small):
   budgets = [(None, None), (madds[len(madds) // 2], None), (None, params[len(params) // 3]),
              (madds[len(madds) // 3], params[2 * len(params) // 3]), (madds[0], None)]
   for mm, mp in budgets:
-    st = sr.SearchSettings(strategy="exhaustive", max_madds=mm, max_params=mp)
-    ok = [e for e in evals if sr.within(e.cost, st)]
-    best = min(ok, key=sr.Evaluated.key)
+    st = sp.SearchSettings(strategy="exhaustive", max_madds=mm, max_params=mp)
+    ok = [e for e in evals if sp.within(e.cost, st)]
+    best = min(ok, key=sp.Evaluated.key)
     got = sr.search(problem, st).chosen
-    assert got.key() == best.key() and sr.within(got.cost, st)
+    assert got.key() == best.key() and sp.within(got.cost, st)
 
 
 def test_exhaustive_full_space_matches_vectorized_brute_force(full):
@@ -294,7 +295,7 @@ def test_exhaustive_full_space_matches_vectorized_brute_force(full):
   for q_m, q_p in [(1.0, 1.0), (0.2, 1.0), (1.0, 0.1), (0.5, 0.5), (0.05, 0.9)]:
     mm, mp = np.quantile(pts[:, 1], q_m), np.quantile(pts[:, 2], q_p)
     ok = (pts[:, 1] <= mm) & (pts[:, 2] <= mp)
-    got = sr.search(problem, sr.SearchSettings(strategy="exhaustive", max_madds=float(mm),
+    got = sr.search(problem, sp.SearchSettings(strategy="exhaustive", max_madds=float(mm),
                                                max_params=float(mp))).chosen
     assert got.score == pytest.approx(pts[ok, 0].min(), abs=1e-9)
     assert got.cost.madds <= mm and got.cost.params <= mp
@@ -302,9 +303,9 @@ def test_exhaustive_full_space_matches_vectorized_brute_force(full):
 
 def test_evolution_finds_the_optimum(small):
   _, problem = small
-  for mm in (None, float(np.median([sr.evaluate(problem, a).cost.madds
+  for mm in (None, float(np.median([sp.evaluate(problem, a).cost.madds
                                     for a in all_chains(problem)]))):
-    st = sr.SearchSettings(strategy="evolution", max_madds=mm, population=20, generations=10,
+    st = sp.SearchSettings(strategy="evolution", max_madds=mm, population=20, generations=10,
                            seed=0)
     res = sr.search(problem, st)
     assert res.chosen.key() == res.optimum.key()
@@ -313,73 +314,73 @@ def test_evolution_finds_the_optimum(small):
 
 def test_evolution_on_the_full_space_respects_budgets(full):
   _, problem = full
-  st = sr.SearchSettings(max_madds=3.6e9, max_params=35e6, population=20, generations=8,
+  st = sp.SearchSettings(max_madds=3.6e9, max_params=35e6, population=20, generations=8,
                          seed=1)
   evo = sr._Evolution(problem, st, sr.check_budget(problem, st))
   best = evo.run()
   assert len(evo.members) > 100
-  assert all(sr.within(evo.eval(c).cost, st) for c in evo.members)
-  assert sr.within(best.cost, st)
+  assert all(sp.within(evo.eval(c).cost, st) for c in evo.members)
+  assert sp.within(best.cost, st)
   assert best.score <= sr.best_within(sr.pareto_front(problem), st).score + 0.5
 
 
 def test_greedy_is_the_official_chain_rule(small):
   d, problem = small
   files = rt.read_rank_files(d)
-  res = sr.search(problem, sr.SearchSettings(strategy="greedy"))
+  res = sr.search(problem, sp.SearchSettings(strategy="greedy"))
   s = ss.STEM_SCALE
   for b, p in enumerate(res.architecture.paths):
     top = next(iter(files[(b, s)].scores))  # The rank file's first (best) entry.
     assert p == top
     s = ss.output_scale(p)
   # Greedy cannot respect a budget: one with it is refused, not silently broken.
-  with pytest.raises(sr.SearchError, match="greedy.*cannot respect a budget.*exhaustive"):
-    sr.SearchSettings(strategy="greedy", max_madds=res.chosen.cost.madds - 1)
+  with pytest.raises(sp.SearchError, match="greedy.*cannot respect a budget.*exhaustive"):
+    sp.SearchSettings(strategy="greedy", max_madds=res.chosen.cost.madds - 1)
 
 
 def test_budgets_are_respected(small):
   _, problem = small
-  evals = [sr.evaluate(problem, a) for a in all_chains(problem)]
+  evals = [sp.evaluate(problem, a) for a in all_chains(problem)]
   madds = sorted(e.cost.madds for e in evals)
   params = sorted(e.cost.params for e in evals)
   for i in range(1, 6):
     st_kw = dict(max_madds=madds[i * len(madds) // 6], max_params=params[-1 - i])
     for strategy in ("evolution", "exhaustive"):
-      st = sr.SearchSettings(strategy=strategy, population=10, generations=3, **st_kw)
+      st = sp.SearchSettings(strategy=strategy, population=10, generations=3, **st_kw)
       try:
         res = sr.search(problem, st)
-      except sr.SearchError:
-        assert not any(sr.within(e.cost, st) for e in evals)
+      except sp.SearchError:
+        assert not any(sp.within(e.cost, st) for e in evals)
         continue
-      assert res.within_budget and sr.within(res.chosen.cost, st)
+      assert res.within_budget and sp.within(res.chosen.cost, st)
 
 
 def test_infeasible_budget_names_the_minima(small):
   _, problem = small
-  evals = [sr.evaluate(problem, a) for a in all_chains(problem)]
+  evals = [sp.evaluate(problem, a) for a in all_chains(problem)]
   m = min(e.cost.madds for e in evals)
   p = min(e.cost.params for e in evals)
   for strategy in ("exhaustive", "evolution"):  # (greedy takes no budget at all.)
-    with pytest.raises(sr.SearchError, match="no architecture meets the budget") as e:
-      sr.search(problem, sr.SearchSettings(strategy=strategy, max_madds=m - 1))
+    with pytest.raises(sp.SearchError, match="no architecture meets the budget") as e:
+      sr.search(problem, sp.SearchSettings(strategy=strategy, max_madds=m - 1))
     assert f"{m:,}" in str(e.value) and f"{p:,}" in str(e.value)
   # Each bound alone can be met, both together not: the cheapest in MAdds is not the smallest.
   pairs = [(e.cost.madds, e.cost.params) for e in evals]
   jm = min(pairs, key=lambda x: (x[0], x[1]))
   jp = min(pairs, key=lambda x: (x[1], x[0]))
   assert not any(a <= jm[0] and b <= jp[1] for a, b in pairs)
-  with pytest.raises(sr.SearchError, match="no architecture meets both"):
-    sr.search(problem, sr.SearchSettings(max_madds=jm[0], max_params=jp[1]))
+  with pytest.raises(sp.SearchError, match="no architecture meets both"):
+    sr.search(problem, sp.SearchSettings(max_madds=jm[0], max_params=jp[1]))
 
 
 def test_malformed_or_unrated_architecture(small):
   _, problem = small
   with pytest.raises(ss.SearchSpaceError, match="position 1"):
-    sr.evaluate(problem, "5433-5230-0010-0000")
+    sp.evaluate(problem, "5433-5230-0010-0000")
   with pytest.raises(ss.SearchSpaceError, match="expected 4 paths"):
-    sr.evaluate(problem, "5433-3230")
+    sp.evaluate(problem, "5433-3230")
   rated = {a for a in all_chains(problem)}
   unrated = next(a for a in itertools.islice(random_architectures(500, 5), 500)
                  if a not in rated)
-  with pytest.raises(sr.SearchError, match="has no rating"):
-    sr.evaluate(problem, unrated)
+  with pytest.raises(sp.SearchError, match="has no rating"):
+    sp.evaluate(problem, unrated)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from train_utils import assert_trees_equal, flat, prepare_data, tiny_config
 
-from bossnas_jax import files, main_job, parallel
+from bossnas_jax import main_job
 from bossnas_jax import search_space as ss
-from bossnas_jax.data import device_augment, pipeline
-from bossnas_jax.infra import errors
-from bossnas_jax.models import supernet
+from bossnas_jax.data import normalize, pipeline
+from bossnas_jax.infra import errors, files, parallel
+from bossnas_jax.models import siamese, supernet
 from bossnas_jax.train import lars as lars_lib
 from bossnas_jax.train import loop, schedules
 from bossnas_jax.train import step as step_lib
@@ -108,13 +108,13 @@ def test_ema_schedule():
 # The step.
 
 DIMS = ss.Dims(1 / 16, 32, 8)
-MODELS = step_lib.Models(DIMS, 1, 64, 32, 64)
+MODELS = siamese.Models(DIMS, 1, 64, 32, 64)
 KEY = jax.random.key(0, impl="rbg")
 
 
 def _identity_augment(key, views):
   del key
-  return device_augment.normalize(views.astype(jnp.float32) / 255.0)
+  return normalize.normalize(views.astype(jnp.float32) / 255.0)
 
 
 def _mesh(n):
@@ -166,7 +166,7 @@ def test_shuffle_bn_target_equals_per_device_reference(block1):
           supernet.unit_params(state.target["block"], DIMS, u), x)
     d = ss.output_scale(path)
     slices.append(step_lib.target_head(MODELS, mesh1, d)(
-        step_lib.head_params(MODELS, state.target, d), x))
+        siamese.head_params(MODELS, state.target, d), x))
   z = np.asarray(jnp.concatenate(slices))
   ref = np.zeros_like(z)
   for v in (0, 1):
@@ -288,17 +288,19 @@ class _StopAfter:
 
 
 def _train(config, workdir, monkeypatch=None, stop_after=None):
+  """Block 0 as the main job trains it (with its ratings inside the block, if any)."""
   run = loop.Run.create(config, workdir)
   loop.save_config(config, workdir)
+  chains = loop.as_chains([])
   if stop_after is not None:
     original = pipeline.train_iterator
     monkeypatch.setattr(pipeline, "train_iterator",
                         lambda *a, **k: _StopAfter(original(*a, **k), stop_after))
     with pytest.raises(_Interrupt):
-      loop.train_block(run, 0, [])
+      main_job.train_block(run, 0, chains)
     monkeypatch.setattr(pipeline, "train_iterator", original)
     return None
-  return loop.train_block(run, 0, [])
+  return main_job.train_block(run, 0, chains)
 
 
 @pytest.fixture(scope="module")
@@ -359,18 +361,19 @@ def test_rating_within_a_block_resumes_in_a_bucket_and_leaves_training_unchanged
   """In a gs:// workdir (an emulated bucket), so that config, checkpoints, rating progress, rank
   files, metrics and events all go there; killed inside the rating after epoch 1 and resumed,
   the block ends where the uninterrupted run on a disk ends."""
-  from bossnas_jax import checkpoint_io, rating, ratings
+  from bossnas_jax.infra import checkpoint_io
+  from bossnas_jax.rating import block_rating, population_centre, rank_files
   _, full = uninterrupted
   config = tiny_config(data_dir)
   config.rating.rate_every_epochs = 1
-  assert loop.rating_epochs(config) == {1, 2}
+  assert block_rating.rating_epochs(config) == {1, 2}
   workdir = bucket_dir
   # Rating progress after every candidate, as on a disk (in a bucket: every 30 s at most).
   monkeypatch.setattr(files, "REWRITE_SECONDS", 0.0)
   with pytest.raises(files.WorkdirError, match="gs://no-such-bucket/run does not exist"):
     main_job.run(config, "gs://no-such-bucket/run")
   calls = []
-  original = rating.Rater.calibrate
+  original = population_centre.Rater.calibrate
 
   def killed_after_5(self, path):
     if len(calls) == 5:
@@ -379,18 +382,18 @@ def test_rating_within_a_block_resumes_in_a_bucket_and_leaves_training_unchanged
     return original(self, path)
 
   # Killed while rating candidate 6 of 50 after epoch 1 (the checkpoint of that epoch is written).
-  monkeypatch.setattr(rating.Rater, "calibrate", killed_after_5)
+  monkeypatch.setattr(population_centre.Rater, "calibrate", killed_after_5)
   with pytest.raises(_Interrupt):
     _train(config, workdir)
   assert pipeline_steps(workdir) == [1, 2]
-  monkeypatch.setattr(rating.Rater, "calibrate",
+  monkeypatch.setattr(population_centre.Rater, "calibrate",
                       lambda self, path: calls.append(tuple(path)) or original(self, path))
   state = _train(config, workdir)  # Finishes the rating, then epoch 2.
   # The resumed rating centres only the 45 candidates left, then scores all 50; the 5 centred
   # before the kill are recalibrated for their scores (BN statistics are not checkpointed).
   assert len(calls) == 5 + 45 + 5 and len(set(calls)) == 50
   assert_trees_equal(state, full)  # Ratings read the state; they never change training.
-  rf = ratings.read_rank_file(ratings.rank_file_path(workdir, 0, ss.STEM_SCALE))
+  rf = rank_files.read_rank_file(rank_files.rank_file_path(workdir, 0, ss.STEM_SCALE))
   assert rf.epoch == 1 and len(rf.scores) == 50
   history = files.listdir(os.path.join(workdir, "ratings", "history"))
   assert history == ["block0_in56_epoch1.json"]
@@ -406,7 +409,7 @@ def test_rating_within_a_block_resumes_in_a_bucket_and_leaves_training_unchanged
 
 
 def pipeline_steps(workdir, block=0):
-  from bossnas_jax import checkpoint_io
+  from bossnas_jax.infra import checkpoint_io
   return checkpoint_io.all_steps(os.path.join(workdir, "checkpoints", f"block{block}"))
 
 
@@ -449,7 +452,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_recovers(data_dir, uninterrupt
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(data_dir, tmp_path):
   config = tiny_config(data_dir, lr=1e38)
-  with pytest.raises(loop.TrainingError,
+  with pytest.raises(errors.TrainingError,
                      match=r"block 0, optimizer step \d .* the loss is nan.* is kept"):
     _train(config, str(tmp_path))
   steps = pipeline_steps(str(tmp_path))
@@ -462,15 +465,15 @@ def test_bad_inputs_are_clear_errors_before_work(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"train.batch_size=12 does not split evenly over 8 "):
     main_job.check_config(config)
   config = tiny_config(data_dir, num_paths=17)
-  with pytest.raises(main_job.ConfigError, match=r"config.train.num_paths = 17 .* 1 \.\. 16"):
+  with pytest.raises(errors.ConfigError, match=r"config.train.num_paths = 17 .* 1 \.\. 16"):
     main_job.check_config(config)
   config = tiny_config(data_dir)
   config.search.strategy = "random"
-  with pytest.raises(main_job.ConfigError, match=r"config.search.strategy = 'random'"):
+  with pytest.raises(errors.ConfigError, match=r"config.search.strategy = 'random'"):
     main_job.check_config(config)
   config = tiny_config(data_dir)
   config.model.resolution = 40
-  with pytest.raises(main_job.ConfigError, match=r"resolution=40"):
+  with pytest.raises(errors.ConfigError, match=r"resolution=40"):
     main_job.check_config(config)
   config = tiny_config(data_dir)
   config.data.name = "no_such_dataset"

@@ -40,7 +40,6 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from bossnas_jax import evaluate
 from bossnas_jax.data import host_augment, pipeline, randaugment, sources
 
 # The stream id of retraining in every seed (block training uses 0-2, see pipeline.py).
@@ -293,7 +292,7 @@ class _EvalBatch:
     positions = range(first, min(first + self.local_batch, len(self.source)))
     for j, (image, label) in enumerate(self.source.read(positions)):
       labels[j] = label
-      images[j] = evaluate.eval_image(image, r)
+      images[j] = host_augment.eval_image(image, r)
       valid[j] = True
     return {"image": images, "label": labels, "valid": valid}
 

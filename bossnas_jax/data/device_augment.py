@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from bossnas_jax.data import normalize
+
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, what PIL's convert('L') and torchvision use.
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0.4, 0.4, 0.2, 0.1
@@ -207,13 +207,6 @@ def pipeline_probs(num_views: int, probs: Sequence[float]) -> jax.Array:
   return jnp.asarray([probs[0]] * half + [probs[1]] * half, jnp.float32)
 
 
-def normalize(image: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """ImageNet mean/std normalisation of [0, 1] images, cast to `dtype`."""
-  mean = jnp.asarray(IMAGENET_MEAN, image.dtype)
-  std = jnp.asarray(IMAGENET_STD, image.dtype)
-  return ((image - mean) / std).astype(dtype)
-
-
 def augmentation_params(key: jax.Array, batch: int, num_views: int, *,
                         blur_prob: Sequence[float] = (0.1, 1.0),
                         solarize_prob: Sequence[float] = (0.0, 0.2)) -> dict[str, jax.Array]:
@@ -241,4 +234,4 @@ def device_augment(key: jax.Array, views: jax.Array, *,
                                solarize_prob=solarize_prob)
   images = views.astype(jnp.float32) / 255.0
   images = jax.vmap(jax.vmap(apply_augmentation))(images, params)
-  return normalize(images, dtype)
+  return normalize.normalize(images, dtype)

@@ -107,3 +107,17 @@ def multi_view(image: bytes | np.ndarray | Image.Image, rng: np.random.Generator
     array = np.asarray(view)
     views[k] = array if array.ndim == 3 else array[..., None]
   return views
+
+
+def eval_image(image, resolution: int) -> np.ndarray:
+  """One encoded image (or uint8 array) -> uint8 (r, r, 3) as the official evaluation sees it
+  (retrain/main.py, DeiT): the shorter side resized to floor(r * 256 / 224), bicubic, then the
+  centre r x r crop. Grey images become 3 equal channels."""
+  img = open_image(image).convert("RGB")
+  size = int(math.floor(resolution * 256 / 224))
+  w, h = img.size
+  scale = size / min(w, h)
+  img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+  w, h = img.size
+  left, top = (w - resolution) // 2, (h - resolution) // 2
+  return np.asarray(img.crop((left, top, left + resolution, top + resolution)), np.uint8)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bossnas_jax.models.bossnet import normalize_images
+from bossnas_jax.data import normalize
 
 ERASE_MODES = ("pixel", "rand", "const")
 ERASE_TRIES = 10
@@ -242,7 +242,7 @@ def train_inputs(key: jax.Array, images_uint8: jax.Array, labels: jax.Array,
   """uint8 NHWC images and int labels -> (normalised, erased, mixed float32 images, float32 soft
   targets (B, num_classes)), from the keys of config.augment (AUGMENT_KEYS)."""
   check_config(cfg)
-  images = normalize_images(images_uint8)
+  images = normalize.normalize_images(images_uint8)
   k_erase, k_mix = jax.random.split(key)
   if float(cfg.erase_prob) > 0:
     images = random_erasing(k_erase, images, prob=float(cfg.erase_prob), mode=cfg.erase_mode,

@@ -12,7 +12,8 @@ The semantics are PyTorch's (the official retraining model), so converted offici
 the same logits: explicit symmetric conv padding, BN eps 1e-5, the avg-down shortcut pool with
 ceil_mode=True and count_include_pad=False, SE width max(C/16, 8) with a ReLU inside, attention
 scaled by dim_head^-0.5 (standard attention, softmax over keys). Variable names mirror the
-official state_dict keys one to one (see `convert.py`): `conv1`, `bn1`, `layer{s}_{i}/...`, `fc`.
+official state_dict keys one to one (see `convert/keys.py`): `conv1`, `bn1`, `layer{s}_{i}/...`,
+`fc`.
 """
 
 from __future__ import annotations
@@ -51,10 +52,6 @@ from bossnas_jax.models.layers import (
 # BossNet's init (docs/method.md#bossnet-definition): conv kaiming-normal(fan_out, relu); Linear
 # keeps PyTorch's default.
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-# ImageNet normalisation of the official evaluation (timm defaults).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _ACTS = {"silu": nn.silu, "relu": nn.relu}
 
@@ -258,12 +255,6 @@ def count_params(tree: Mapping) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-def normalize_images(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-  """uint8 (or [0, 255] float) NHWC images -> the network's input (float32)."""
-  x = jnp.asarray(images, jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
 @functools.partial(jax.jit, static_argnums=(0,))
 def _eval_logits(model: BossNet, variables, images):
   return model.apply(variables, images, train=False)
@@ -272,33 +263,3 @@ def _eval_logits(model: BossNet, variables, images):
 def eval_logits(model: BossNet, variables, images):
   """Pure eval-mode forward (BN running statistics, no drop-path): logits in float32."""
   return _eval_logits(model, variables, images)
-
-
-def topk_correct(logits, labels, ks=(1, 5)) -> dict[int, jax.Array]:
-  """Number of samples whose label is among the top-k logits, for each k (ties broken as
-  lax.top_k does). Labels < 0 (padding) never count."""
-  kmax = min(max(ks), logits.shape[-1])
-  _, top = jax.lax.top_k(logits, kmax)
-  hit = (top == labels[:, None]) & (labels[:, None] >= 0)
-  return {k: jnp.sum(jnp.any(hit[:, :min(k, kmax)], axis=-1)) for k in ks}
-
-
-class TopKAccumulator:
-  """Sums top-k hits over batches: `update(logits, labels)`, then `result()` -> {'top1': ...}."""
-
-  def __init__(self, ks=(1, 5)):
-    self.ks = tuple(ks)
-    self.correct = {k: 0 for k in self.ks}
-    self.count = 0
-
-  def update(self, logits, labels, valid=None) -> None:
-    labels = jnp.asarray(labels)
-    if valid is not None:
-      labels = jnp.where(jnp.asarray(valid), labels, -1)
-    for k, v in topk_correct(logits, labels, self.ks).items():
-      self.correct[k] += int(v)
-    self.count += int(jnp.sum(labels >= 0))
-
-  def result(self) -> dict[str, float]:
-    n = max(self.count, 1)
-    return {f"top{k}": 100.0 * self.correct[k] / n for k in self.ks} | {"count": self.count}

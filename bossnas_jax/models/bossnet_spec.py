@@ -1,6 +1,6 @@
 """What a BossNet is, without any array code: its configuration, the named models and the layout.
 
-`bossnet.py` builds the Flax network from a `BossNetConfig`, `cost.py` counts it and `convert.py`
+`bossnet.py` builds the Flax network from a `BossNetConfig`, `cost.py` counts it and `convert/`
 maps its variables to the official state_dict keys; all three walk the same `layout(config)`, so
 the block list (kinds, widths, strides, shortcuts, drop-path rates) is decided here once.
 
@@ -181,15 +181,17 @@ def encoding_from_architecture(arch: str | ss.Architecture) -> tuple[tuple[int, 
   return arch.stage_encoding()
 
 
-def config_from_architecture(arch: str | ss.Architecture, **kw) -> BossNetConfig:
-  """A BossNet of a searched architecture, by default with T0's options (SiLU, SE, stride 2).
+# The options of the BossNet a searched architecture becomes (cost, export, rate and retrain all
+# ask here): T0's (SiLU, SE, a stride-2 last stage), and an empty stage at its stage's own stride
+# ('stage'), so every layer runs at the scale its supernet op ran at during the search; the
+# official builder's stride-2 empty stage ('official') would halve every stage after an empty
+# stage 1 (docs/method.md#search-and-export).
+SEARCHED_OPTIONS = {"act": "silu", "se": True, "last_stride": 2, "empty_stage_stride": "stage"}
 
-  An empty stage takes its stage's own stride here ('stage'), so every layer runs at the scale its
-  supernet op ran at during the search; the official builder's stride-2 empty stage
-  (`empty_stage_stride='official'`) would halve every stage after an empty stage 1.
-  """
-  kw.setdefault("empty_stage_stride", "stage")
-  return BossNetConfig(encoding=encoding_from_architecture(arch), **kw)
+
+def config_from_architecture(arch: str | ss.Architecture, **kw) -> BossNetConfig:
+  """A BossNet of a searched architecture: SEARCHED_OPTIONS unless `kw` overrides them."""
+  return BossNetConfig(encoding=encoding_from_architecture(arch), **{**SEARCHED_OPTIONS, **kw})
 
 
 def resolve_config(model: str | BossNetConfig | Sequence, **kw) -> BossNetConfig:
@@ -207,9 +209,10 @@ def resolve_config(model: str | BossNetConfig | Sequence, **kw) -> BossNetConfig
 def check_resolution(height: int, width: int | None = None) -> None:
   width = height if width is None else width
   for n in (height, width):
-    if not isinstance(n, int) or n <= 0 or n % 32:
+    if not ss.valid_resolution(n):
       raise BossNetSpecError(
-          f"input resolution {height}x{width}: BossNet needs a positive multiple of 32 on each "
+          f"input resolution {height}x{width}: BossNet needs a positive multiple of "
+          f"{ss.RESOLUTION_MULTIPLE} on each "
           "side (e.g. 224, 256, 288; 64 for tests).")
 
 

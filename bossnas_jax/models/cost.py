@@ -20,17 +20,16 @@ Two conventions:
 
 FLOPs for a benchmark are 2·MAdds. Everything is per image.
 
-`python -m bossnas_jax.models.cost` prints the reference figures of docs/method.md#figures.
+`python -m bossnas_jax.models.cost_report` prints the reference figures of
+docs/method.md#figures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterable, Sequence
 
 from bossnas_jax import search_space as ss
-from bossnas_jax.infra import errors
 from bossnas_jax.models import bossnet_spec as bs
 
 CONVENTIONS = ("true", "official")
@@ -395,16 +394,16 @@ def architecture_cost(arch: str | ss.Architecture, resolution: int = 224,
 # `empty_stage_stride="stage"` layout), each BossNet layer's cost depends only on its stage, its
 # kind and whether it opens its stage, and every stage has a fixed feature-map size. So the cost
 # of an architecture is a fixed stem/head part plus one term per searched block that depends only
-# on (block, input scale, path); `search.py` adds these up instead of rebuilding whole networks.
+# on (block, input scale, path); the search (`search/problem.py`) adds these up instead of
+# rebuilding whole networks.
 # An empty stage is charged to the block whose layers skip it: block 0 when its path starts at
 # 28x28 (stage 1 empty), block 3 when its path ends at 14x14 (stage 4 empty).
 
 
 def _searched_config(config: dict) -> bs.BossNetConfig:
-  """The options of a searched BossNet (T0's unless overridden), on T0's encoding: the options
-  alone set every per-layer cost. Their default empty stage is the stage's own stride, the scales
-  the supernet path ran at."""
-  config = {"empty_stage_stride": "stage", **config}
+  """The options of a searched BossNet (`bs.SEARCHED_OPTIONS` unless overridden), on T0's
+  encoding: the options alone set every per-layer cost."""
+  config = {**bs.SEARCHED_OPTIONS, **config}
   if "encoding" in config:
     raise ValueError("pass BossNet options only; the block path gives the layers.")
   return bs.BossNetConfig(encoding=bs.T0_ENCODING, **config)
@@ -481,95 +480,3 @@ def searched_block_cost(block: int, in_scale: int | None, path: Sequence[int],
       n = bs.conv_out(n, 3, cfg.stride(spec.stage), 1)
     out = out + block_cost(spec, n, cfg.dim_head)
   return out
-
-
-# The acceptance rows of docs/method.md#figures: (label, model, resolution).
-ACCEPTANCE_ROWS = (
-    ("T0 w/o SE @224", "bossnet_t0_nose", 224),
-    ("T0 @224", "bossnet_t0", 224),
-    ("T0^ @288", "bossnet_t0", 288),
-    ("T1 @224", "bossnet_t1", 224),
-    ("T1^ @256", "bossnet_t1", 256),
-)
-
-
-@functools.cache
-def _table() -> list[tuple[str, Cost, Cost]]:
-  return [(label, bossnet_cost(m, r, "official"), bossnet_cost(m, r, "true"))
-          for label, m, r in ACCEPTANCE_ROWS]
-
-
-def report() -> str:
-  lines = ["BossNet (per image)", f"{'model':<16}{'official MAdds':>16}{'official params':>17}"
-           f"{'true MAdds':>16}{'true params':>14}"]
-  for label, off, tru in _table():
-    lines.append(f"{label:<16}{off.madds:>16,}{off.params:>17,}{tru.madds:>16,}{tru.params:>14,}")
-  dims = ss.Dims()
-  lines += ["", "HyTra supernet (full size, 224)",
-            f"backbone params: official {supernet_params(dims, 'official'):,}, "
-            f"bossnas_jax {supernet_params(dims, 'true'):,} (without the never-run `_d` "
-            "branches of block 0, layer 0)"]
-  for b in range(ss.NUM_BLOCKS):
-    lines.append(f"  block {b}: official {block_params(dims, b, 'official'):,}, "
-                 f"bossnas_jax {block_params(dims, b):,}")
-  lines.append("per candidate, non-first layer of block 0 (both entries):")
-  lines.append("  " + ", ".join(f"{ss.OPS[o].name} {op_params(dims, 0, 1, o):,}"
-                                for o in ss.ops_in_block(0)))
-  lines.append(f"projector {projector_cost(dims).params:,} (fix_channels "
-               f"{fix_channels_params(dims):,}), predictor {predictor_cost().params:,}")
-  t0 = ss.parse_architecture(ss.BOSSNET_T0)
-  paths = []
-  for b, p in enumerate(t0.paths):
-    c = path_cost(dims, b, t0.input_scale(b), p)
-    paths.append(f"block {b} '{ss.format_path(p)}' {c.madds:,} MAdds / {c.params:,} params")
-  lines.append("T0 paths in the supernet: " + "; ".join(paths))
-  return "\n".join(lines)
-
-
-def network_report(arch: str, resolution: int = 224, width_multiplier: float = 1.0,
-                   num_classes: int = 1000, dim_head: int = 64) -> str:
-  """MAdds and params of one BossNet (a named model or an architecture string) in both
-  conventions."""
-  config = bs.resolve_config(arch, width_multiplier=width_multiplier, num_classes=num_classes,
-                             dim_head=dim_head)
-  bs.check_resolution(resolution)
-  true, off = (bossnet_cost(config, resolution, c) for c in ("true", "official"))
-  return (f"{arch} at {resolution}x{resolution}, width x{width_multiplier:g}, {num_classes} "
-          f"classes, dim_head {dim_head}:\n"
-          f"  true convention:     {true.madds:>15,} MAdds {true.params:>12,} params\n"
-          f"  official counter:    {off.madds:>15,} MAdds {off.params:>12,} params")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """`python -m bossnas_jax.models.cost` prints the reference table; with --arch, one network."""
-  import argparse
-  import sys
-
-  p = argparse.ArgumentParser(
-      prog="python -m bossnas_jax.models.cost",
-      description="Without --arch: the reference table (T0, T1 and the supernet). With --arch: "
-                  "the MAdds and parameters of one BossNet in both conventions.")
-  p.add_argument("--arch", help="bossnet_t0, bossnet_t0_nose, bossnet_t1 or an architecture "
-                 "string such as 5433-3230-0010-0000.")
-  p.add_argument("--resolution", type=int, default=224, help="Input side (a multiple of 32).")
-  p.add_argument("--width_multiplier", type=float, default=1.0, help="Channels times this.")
-  p.add_argument("--num_classes", type=int, default=1000, help="Classifier outputs.")
-  p.add_argument("--dim_head", type=int, default=64, help="Attention head width (8 in the demo).")
-  args = p.parse_args(argv)
-  if args.arch is None:
-    if (args.resolution, args.width_multiplier, args.num_classes, args.dim_head) != (
-        224, 1.0, 1000, 64):
-      p.error("--resolution, --width_multiplier, --num_classes and --dim_head need --arch.")
-    print(report())
-    return 0
-  try:
-    print(network_report(args.arch, args.resolution, args.width_multiplier, args.num_classes,
-                         args.dim_head))
-  except (errors.UserError, ValueError) as e:
-    print(f"{p.prog}: error: {e}", file=sys.stderr)
-    return 1
-  return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())

@@ -5,7 +5,7 @@ Layout of a retraining workdir:
   checkpoints/{step}       TrainState + meta (network, epoch, data iterator state, eval history)
   metrics.jsonl, tb/       training and evaluation metrics, TensorBoard events
   results.json             final top-1/top-5/NLL/ECE of the raw and the EMA model, best of both
-  bossnet_raw/, bossnet_ema/   the final weights as single-model checkpoints (bossnas_jax.convert
+  bossnet_raw/, bossnet_ema/   the final weights as single-model checkpoints (models/checkpoint.py
                            format): `launch/evaluate.py --checkpoint`, `convert export` to .npz
 """
 
@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bossnas_jax import checkpoint_io, files
+from bossnas_jax.infra import checkpoint_io, files
 from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
 from bossnas_jax.retrain import optim
@@ -33,7 +33,7 @@ def checkpoint_dir(workdir: str) -> str:
 
 def is_retrain_dir(path: str) -> bool:
   return (files.isdir(checkpoint_dir(path))
-          and files.isfile(os.path.join(path, "config.json")))
+          and files.isfile(os.path.join(path, files.CONFIG_JSON)))
 
 
 def abstract_state(model: bossnet.BossNet, tx, resolution: int):
@@ -77,7 +77,7 @@ def _newest_meta(directory: str, steps: list[int]) -> dict:
 
 def load_bossnet(workdir: str, *, ema: bool = False):
   """(BossNet, variables) of the newest verified step of a retraining workdir (float32)."""
-  config = ml_collections.ConfigDict(files.read_json(os.path.join(workdir, "config.json")))
+  config = ml_collections.ConfigDict(files.read_json(os.path.join(workdir, files.CONFIG_JSON)))
   steps = checkpoint_io.all_steps(checkpoint_dir(workdir))
   if not steps:
     raise checkpoint_io.CheckpointError(f"{checkpoint_dir(workdir)} holds no checkpoint yet.")

@@ -21,24 +21,21 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bossnas_jax import checkpoint_io, convert, files, parallel
 from bossnas_jax.data import classification, mixing
-from bossnas_jax.infra import errors, interrupt
+from bossnas_jax.infra import checkpoint_io, errors, files, interrupt, parallel
 from bossnas_jax.models import bossnet, cost
 from bossnas_jax.models import bossnet_spec as bs
+from bossnas_jax.models import checkpoint as model_checkpoint
 from bossnas_jax.retrain import checkpoints, optim
 from bossnas_jax.retrain import state as state_lib
 from bossnas_jax.retrain import step as step_lib
 from bossnas_jax.train import loop as block_loop
 from bossnas_jax.train import metrics as metrics_lib
 
-ConfigError = state_lib.ConfigError
 RESULTS = "results.json"
 EXPORTS = {"raw": "bossnet_raw", "ema": "bossnet_ema"}
 
 
-TrainingError = errors.TrainingError
-_require = errors.require
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -47,26 +44,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   try:
     bs.check_resolution(int(m.resolution))
   except bs.BossNetSpecError as err:
-    raise ConfigError(f"config.model.resolution: {err}") from None
-  _require(m.compute_dtype in ("auto", "float32", "bfloat16"), "model.compute_dtype",
-           m.compute_dtype, "'auto', 'float32' or 'bfloat16'")
-  _require(0 <= float(m.drop_path_rate) < 1, "model.drop_path_rate", m.drop_path_rate, "[0, 1)")
+    raise errors.ConfigError(f"config.model.resolution: {err}") from None
+  errors.require(m.compute_dtype in ("auto", "float32", "bfloat16"), "model.compute_dtype",
+                 m.compute_dtype, "'auto', 'float32' or 'bfloat16'")
+  errors.require(0 <= float(m.drop_path_rate) < 1, "model.drop_path_rate", m.drop_path_rate,
+                 "[0, 1)")
   for f in ("batch_size", "epochs", "checkpoint_every_steps", "keep_checkpoints",
             "log_every_steps"):
-    _require(int(t[f]) >= 1, f"train.{f}", t[f], "an integer >= 1")
+    errors.require(int(t[f]) >= 1, f"train.{f}", t[f], "an integer >= 1")
   for f in ("base_lr", "eps"):
-    _require(float(t[f]) > 0, f"train.{f}", t[f], "a positive number")
+    errors.require(float(t[f]) > 0, f"train.{f}", t[f], "a positive number")
   for f in ("warmup_lr", "min_lr", "weight_decay"):
-    _require(float(t[f]) >= 0, f"train.{f}", t[f], ">= 0")
-  _require(0 <= float(t.warmup_epochs) < int(t.epochs), "train.warmup_epochs", t.warmup_epochs,
-           f"0 <= warmup_epochs < train.epochs = {t.epochs}")
-  _require(0 <= float(t.ema_decay) < 1, "train.ema_decay", t.ema_decay, "0 <= decay < 1")
+    errors.require(float(t[f]) >= 0, f"train.{f}", t[f], ">= 0")
+  errors.require(0 <= float(t.warmup_epochs) < int(t.epochs), "train.warmup_epochs",
+                 t.warmup_epochs, f"0 <= warmup_epochs < train.epochs = {t.epochs}")
+  errors.require(0 <= float(t.ema_decay) < 1, "train.ema_decay", t.ema_decay, "0 <= decay < 1")
   for f in ("batch_size", "every_epochs", "calibration_bins"):
-    _require(int(e[f]) >= 1, f"eval.{f}", e[f], "an integer >= 1")
+    errors.require(int(e[f]) >= 1, f"eval.{f}", e[f], "an integer >= 1")
   try:
     mixing.check_config(config.augment)
   except ValueError as err:
-    raise ConfigError(str(err)) from None
+    raise errors.ConfigError(str(err)) from None
   parallel.check_batch(int(t.batch_size), "train.batch_size")
   parallel.check_batch(int(e.batch_size), "eval.batch_size")
 
@@ -87,7 +85,7 @@ class Run:
     self.num_train = int(classification.num_examples(config.data, config.data.train_split))
     self.steps_per_epoch = self.num_train // int(t.batch_size)
     if self.steps_per_epoch == 0:
-      raise ConfigError(
+      raise errors.ConfigError(
           f"config.train.batch_size = {t.batch_size} is larger than the {self.num_train} images "
           f"of {config.data.name}:{config.data.train_split}; lower it or use a larger split.")
     self.total_steps = int(t.epochs) * self.steps_per_epoch
@@ -133,7 +131,7 @@ class Run:
                             jax.device_get(self.programs.eval_step(v, images, labels, valid)))
         totals[name] = sums if name not in totals else jax.tree.map(np.add, totals[name], sums)
     if not totals:
-      raise ConfigError(f"{c.data.name}:{c.data.eval_split} gave no evaluation batch.")
+      raise errors.ConfigError(f"{c.data.name}:{c.data.eval_split} gave no evaluation batch.")
     return {name: step_lib.eval_summary(t) for name, t in totals.items()}
 
 
@@ -152,7 +150,8 @@ def _restore_or_init(run: Run):
   if checkpoint_io.all_steps(directory):
     state, meta, step = checkpoints.restore(run.workdir, run.model, run.tx, run.resolution)
     if meta.get("network") != run.network.to_dict():
-      raise ConfigError(f"{directory} step {step} holds another network; use a new --workdir.")
+      raise errors.ConfigError(
+          f"{directory} step {step} holds another network; use a new --workdir.")
     checkpoint_io.set_aside_newer(directory, step)
     print(f"resumed from step {step} (epoch {meta['epoch']}) of {directory}", flush=True)
     return parallel.replicate(state, run.mesh), meta
@@ -173,7 +172,7 @@ def _finish(run: Run, state, history: list[dict]) -> dict:
       files.rmtree(path)  # A rerun of a finished run rewrites the exports.
     # Host copies: a checkpoint of arrays laid out on this mesh would only restore on the same
     # device topology; numpy arrays restore anywhere (one CPU, another accelerator count).
-    convert.save_converted(path, jax.device_get(state.variables(name == "ema")), {
+    model_checkpoint.save(path, jax.device_get(state.variables(name == "ema")), {
         "kind": "bossnet", "config": run.network.to_dict(), "source": files.absolute(run.workdir),
         "step": run.total_steps, "weights": name})
   if jax.process_index() == 0:
@@ -242,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         loss = float(losses.mean())
         if not np.all(np.isfinite(losses)):
           done = checkpoint_io.all_steps(checkpoints.checkpoint_dir(workdir))
-          raise TrainingError(
+          raise errors.TrainingError(
               f"step {step}: the loss is {loss}. The last good checkpoint is step "
               f"{done[-1] if done else 'none'} in {checkpoints.checkpoint_dir(workdir)} and is "
               "kept; lower config.train.base_lr (or set train.clip_grad) or check the data, then "

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bossnas_jax import export
 from bossnas_jax.infra import errors
 from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
+from bossnas_jax.search import architecture
 
 Tree = Any
 
@@ -56,7 +56,6 @@ def ema_update(ema: Tree, new: Tree, decay) -> Tree:
   return jax.tree.map(lambda e, x: e + (1.0 - decay) * (x - e), ema, new)
 
 
-ConfigError = errors.ConfigError
 
 
 def _is_json_path(arch: str) -> bool:
@@ -75,11 +74,11 @@ def network_config(config: ml_collections.ConfigDict, num_classes: int) -> bs.Bo
     overrides["empty_stage_stride"] = str(m.empty_stage_stride)
   try:
     if _is_json_path(arch):
-      _, record = export.load_architecture(arch)
-      return export.bossnet_config(record, **overrides)
+      _, record = architecture.load_architecture(arch)
+      return architecture.bossnet_config(record, **overrides)
     return bs.resolve_config(arch, **overrides)
   except bs.BossNetSpecError as e:
-    raise ConfigError(
+    raise errors.ConfigError(
         f"config.model.arch={arch!r} (--arch): {e} It may be a named model (bossnet_t0, "
         "bossnet_t0_nose, bossnet_t1), an architecture such as '5433-3230-0010-0000', or the "
         "path of a search's architecture.json.") from None

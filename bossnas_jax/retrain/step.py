@@ -13,7 +13,7 @@ Running BN statistics are averaged over devices after each step so that every de
 same state (DDP instead broadcasts rank 0's buffers; the average uses every device's batches).
 
 Eval step, per device: eval-mode forward, then top-1/top-5 hits, summed NLL and the calibration
-bins of `evaluate.calibration_sums`, all summed over the mesh: exact totals, whatever the device
+bins of `metrics.calibration_sums`, all summed over the mesh: exact totals, whatever the device
 count, with padded rows (`valid` False) ignored.
 
 Randomness: the step key is fold_in(fold_in(run key, step), device index), so a resumed run draws
@@ -28,14 +28,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
-from bossnas_jax import evaluate, parallel
-from bossnas_jax.data import mixing
+from bossnas_jax.data import mixing, normalize
+from bossnas_jax.infra import parallel
+from bossnas_jax.infra.parallel import BATCH
 from bossnas_jax.models import bossnet
+from bossnas_jax.retrain import metrics
 from bossnas_jax.retrain.state import TrainState, ema_update
-
-P = jax.sharding.PartitionSpec
-D = P(parallel.AXIS)
 
 
 def soft_target_cross_entropy(logits, targets):
@@ -58,7 +58,7 @@ class Programs:
   augment: Any            # config.augment (read by data.mixing)
   num_classes: int
   ema_decay: float
-  num_bins: int = evaluate.NUM_BINS
+  num_bins: int = metrics.NUM_BINS
 
   def __post_init__(self):
     object.__setattr__(self, "train_step", self._build_train())
@@ -95,27 +95,27 @@ class Programs:
 
   def _build_train(self):
     fn = jax.shard_map(self._per_device_train, mesh=self.mesh,
-                       in_specs=(P(), D, D, P()), out_specs=(P(), P()))
+                       in_specs=(P(), BATCH, BATCH, P()), out_specs=(P(), P()))
     # The old state is dead after the step: donating it halves the state's peak memory.
     return jax.jit(fn, donate_argnums=0)
 
   # -- evaluation -------------------------------------------------------------------------------
 
   def _per_device_eval(self, variables, images, labels, valid):
-    x = bossnet.normalize_images(images)
+    x = normalize.normalize_images(images)
     logits = self.model.apply(variables, x, train=False).astype(jnp.float32)
     labels = jnp.where(valid, labels, -1)
-    hits = bossnet.topk_correct(logits, labels, (1, 5))
+    hits = metrics.topk_correct(logits, labels, (1, 5))
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.maximum(labels, 0)[:, None],
                                axis=-1)[:, 0]
     sums = {"count": jnp.sum(valid.astype(jnp.float32)),
             "top1": hits[1].astype(jnp.float32), "top5": hits[5].astype(jnp.float32),
             "nll": jnp.sum(jnp.where(valid, nll, 0.0)),
-            "bins": evaluate.calibration_sums(logits, labels, valid, self.num_bins)}
+            "bins": metrics.calibration_sums(logits, labels, valid, self.num_bins)}
     return jax.lax.psum(sums, parallel.AXIS)
 
   def _build_eval(self):
-    fn = jax.shard_map(self._per_device_eval, mesh=self.mesh, in_specs=(P(), D, D, D),
+    fn = jax.shard_map(self._per_device_eval, mesh=self.mesh, in_specs=(P(), BATCH, BATCH, BATCH),
                        out_specs=P())
     return jax.jit(fn)
 
@@ -125,5 +125,5 @@ def eval_summary(totals: dict) -> dict[str, float]:
   n = max(float(totals["count"]), 1.0)
   return {"top1": 100.0 * float(totals["top1"]) / n, "top5": 100.0 * float(totals["top5"]) / n,
           "nll": float(totals["nll"]) / n,
-          "ece": evaluate.expected_calibration_error(totals["bins"]),
+          "ece": metrics.expected_calibration_error(totals["bins"]),
           "count": int(totals["count"])}

@@ -1,20 +1,12 @@
-"""Block-wise training (docs/method.md#block-training): blocks 0..3 in turn, resumable at any
-checkpoint.
+"""Block training (docs/method.md#block-training): one block's epochs of ensemble bootstrapping,
+resumable at any checkpoint. The main job (`main_job.py`) runs the blocks in turn, rates them and
+freezes their prefixes.
 
-For block b: build the state (or restore the newest verified checkpoint), run the block's epochs of
-ensemble bootstrapping over the candidates of every input scale the previous block hands on, rate
-every candidate toward the population centre, and, for every scale some candidate ends at, freeze
-the best-scored one (with its own chain) as the next block's prefix there: target weights with BN
-statistics recalibrated exactly on the calibration set (docs/method.md#d3, #d6,
-#search-and-export).
-
-Layout of a workdir:
-  config.json                 the run's config (a restart with an incompatible one is refused)
-  checkpoints/block{b}/{step} Orbax checkpoints of block b's state, with the data iterator state
-  ratings/block{b}_in{s}.json rank files; ratings/partial/ the progress of an unfinished rating
-  prefix/block{b}_in{s}_{path}/0  a frozen path (target weights, recalibrated BN statistics)
-  blocks_done.json            finished blocks and the prefix chains they hand on
-  metrics.jsonl, tb/          per-step metrics, TensorBoard events
+For block b: build the state (or restore the newest verified checkpoint) and train it over the
+candidates of every input scale the previous block hands on, each behind its frozen prefix
+(`Frozen`: target weights with exactly recalibrated BN statistics, docs/method.md#d3, #d6).
+`train_block` hands the state to a rating callback after the epochs it is asked to (ratings
+inside a block), checkpointing first so that a rating killed midway resumes.
 """
 
 from __future__ import annotations
@@ -26,6 +18,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -34,11 +27,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bossnas_jax import calibration, checkpoint_io, files, parallel
 from bossnas_jax import search_space as ss
 from bossnas_jax.data import device_augment, pipeline
-from bossnas_jax.infra import errors, interrupt
-from bossnas_jax.models import supernet
+from bossnas_jax.infra import checkpoint_io, errors, files, interrupt, parallel
+from bossnas_jax.models import siamese
 from bossnas_jax.train import lars as lars_lib
 from bossnas_jax.train import metrics as metrics_lib
 from bossnas_jax.train import schedules
@@ -47,7 +39,6 @@ from bossnas_jax.train import step as step_lib
 log = logging.getLogger(__name__)
 
 
-TrainingError = errors.TrainingError
 
 
 @dataclasses.dataclass
@@ -90,10 +81,10 @@ class Run:
                dtype=compute_dtype(config.model.compute_dtype),
                key=jax.random.key(int(config.seed), impl="rbg"), train_source=source)
 
-  def models(self, block: int) -> step_lib.Models:
+  def models(self, block: int) -> siamese.Models:
     m = self.config.model
-    return step_lib.Models(self.dims, block, int(m.neck_hidden), int(m.proj_dim),
-                           int(m.pred_hidden), self.dtype)
+    return siamese.Models(self.dims, block, int(m.neck_hidden), int(m.proj_dim),
+                          int(m.pred_hidden), self.dtype)
 
   @functools.cached_property
   def augment(self):
@@ -168,15 +159,25 @@ def trainers_for(run: Run, block: int, chains: dict[int, list[Frozen]], acc_step
           for s, chain in chains.items()}
 
 
-def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Frozen]
-                ) -> step_lib.BlockState:
+def as_chains(chains: dict[int, list[Frozen]] | list[Frozen]) -> dict[int, list[Frozen]]:
+  """{input scale: frozen prefix}; a bare list is the one chain, at the scale where it ends."""
+  if isinstance(chains, dict):
+    return chains
+  return {chains[-1].out_scale if chains else ss.STEM_SCALE: chains}
+
+
+def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Frozen], *,
+                rate_at: Collection[int] = (),
+                rate: Callable[[int, siamese.BlockState], None] | None = None
+                ) -> siamese.BlockState:
   """Trains one block from scratch or from its newest checkpoint; returns its final state.
 
-  `chains` maps each input scale the block trains at to its frozen prefix (a bare list: the one
-  chain ending where it ends). The sampler draws among all (input scale, path) candidates.
+  `chains` maps each input scale the block trains at to its frozen prefix (`as_chains`). The
+  sampler draws among all (input scale, path) candidates. After each epoch in `rate_at` but the
+  last, `rate(epoch, state)` runs (a rating inside the block); it must skip a rating it finished
+  before, since a run killed during one repeats the call when it resumes.
   """
-  if not isinstance(chains, dict):
-    chains = {chains[-1].out_scale if chains else ss.STEM_SCALE: chains}
+  chains = as_chains(chains)
   cfg = run.config.train
   acc_steps = int(cfg.accumulate_steps)
   trainers = trainers_for(run, block, chains, acc_steps)
@@ -189,11 +190,11 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
   total_micro = total_steps * acc_steps
 
   state, micro, data_state = _restore_or_init(run, trainer, block)
-  rate_at = rating_epochs(run.config)
+  rate_at = frozenset(rate_at) if rate is not None else frozenset()
   ended = _epoch_ended(micro, ipe, acc_steps)
   if micro < total_micro and ended in rate_at:
     # Killed during (or just before) a rating inside the block: finish it before training on.
-    _rate_within(run, block, state, chains, ended)
+    rate(ended, state)
   if micro >= total_micro:
     return state
   it = pipeline.train_iterator(run.config.data, resolution=run.dims.resolution,
@@ -226,7 +227,7 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
       step = int(jax.device_get(state.step))
       if not math.isfinite(loss):
         done = checkpoint_io.all_steps(run.block_dir(block))
-        raise TrainingError(
+        raise errors.TrainingError(
             f"block {block}, optimizer step {step + 1} (micro-batch {k}): the loss is {loss}. "
             f"The last good checkpoint is step {done[-1] if done else 'none'} in "
             f"{run.block_dir(block)} and is kept; lower config.train.lr or check the data, then "
@@ -240,13 +241,13 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
       state, acc = trainer.update(state, acc, lr, ema)
       step += 1
       elapsed = time.perf_counter() - t0
-      rate = images * len(window) / num_paths / elapsed
+      speed = images * len(window) / num_paths / elapsed
       window, t0 = [], time.perf_counter()
       bar.update(1)
       bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.4g}", ema=f"{ema:.5f}",
-                      img_s=f"{rate:.1f}")
+                      img_s=f"{speed:.1f}")
       writer.write(block=block, step=step, micro=k + 1, loss=loss, lr=lr, ema=ema,
-                   images_per_s=rate)
+                   images_per_s=speed)
       epoch = _epoch_ended(k + 1, ipe, acc_steps)
       rate_now = epoch in rate_at and k + 1 < total_micro
       if (step % int(cfg.checkpoint_every_steps) == 0 or step == total_steps or rate_now
@@ -258,7 +259,7 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
                            run.block_dir(block))
       if rate_now:
         bar.clear()
-        _rate_within(run, block, state, chains, epoch)
+        rate(epoch, state)
         t0 = time.perf_counter()
   except KeyboardInterrupt:  # A second Ctrl-C: at once, without a checkpoint of this step.
     bar.close()
@@ -272,13 +273,6 @@ def train_block(run: Run, block: int, chains: dict[int, list[Frozen]] | list[Fro
   return state
 
 
-def rating_epochs(config) -> set[int]:
-  """Epochs (1-based) after which a block is rated: every `rating.rate_every_epochs`, and always
-  after the last one, whose rating is the one kept (the prefix is frozen from those weights)."""
-  epochs, every = int(config.train.epochs_per_block), int(config.rating.rate_every_epochs)
-  return set(range(every, epochs + 1, every)) | {epochs}
-
-
 def _epoch_ended(micro: int, per_epoch: int, acc_steps: int) -> int | None:
   """The epoch that ended within the optimizer step ending at micro-batch `micro`, if any (an
   epoch's end need not fall on an optimizer step; its rating waits for the step to finish)."""
@@ -288,47 +282,19 @@ def _epoch_ended(micro: int, per_epoch: int, acc_steps: int) -> int | None:
   return epoch if epoch > (micro - acc_steps) // per_epoch else None
 
 
-def _rate_within(run: Run, block: int, state, chains, epoch: int) -> None:
-  """A rating inside the block (after `epoch`), unless its rank files already hold it."""
-  from bossnas_jax import ratings
-
-  def done(s):
-    path = ratings.rank_file_path(run.workdir, block, s)
-    return files.exists(path) and ratings.read_rank_file(path).epoch == epoch
-
-  if not all(done(s) for s in chains):
-    rate_block(run, block, state, chains, epoch=epoch)
-
-
 def block_inputs(run: Run, trainer: step_lib.BlockTrainer, prefix_vars, batches, key):
   """(B, 2, ...) inputs of the block for a fixed set of 2-view batches, through the prefix."""
   return [(trainer.features(prefix_vars, b["views"], key), b.get("mask")) for b in batches]
 
 
-def freeze_block(run: Run, block: int, state: step_lib.BlockState, in_scale: int, path: ss.Path,
-                 chain: list[Frozen]) -> Frozen:
-  """The target weights of `path` with BN statistics recalibrated over the calibration set."""
-  trainer = trainers_for(run, block, {in_scale: chain})[in_scale]
-  frozen = step_lib.PrefixBlock(block, in_scale, tuple(path))
-  units = supernet.path_units(run.dims, block, in_scale, frozen.path)
-  params = [supernet.unit_params(state.target["block"], run.dims, u) for u in units]
-  pairs = [x for x, _ in block_inputs(run, trainer, tuple(f.variables for f in chain),
-                                      run.calibration_set(), run.calibration_key(block))]
-  stats = calibration.calibrate_units(run.dims, run.dtype, run.mesh, units, params, pairs)
-  variables = {"params": supernet.path_variables({"params": state.target["block"]}, run.dims,
-                                                  block, in_scale, frozen.path)["params"],
-               "batch_stats": stats}
-  return Frozen(frozen, parallel.replicate(variables, run.mesh))
-
-
-def _frozen_dir(run: Run, block: int, in_scale: int, path: ss.Path) -> str:
+def frozen_dir(run: Run, block: int, in_scale: int, path: ss.Path) -> str:
   return os.path.join(run.workdir, "prefix",
                       f"block{block}_in{ss.SCALE_NAMES[in_scale]}_{ss.format_path(path)}")
 
 
 def save_frozen(run: Run, frozen: Frozen) -> str:
   b = frozen.block
-  directory = _frozen_dir(run, b.block, b.in_scale, b.path)
+  directory = frozen_dir(run, b.block, b.in_scale, b.path)
   checkpoint_io.save(directory, 0, frozen.variables,
                      {"block": b.block, "in_scale": b.in_scale, "path": ss.format_path(b.path)})
   return directory
@@ -341,98 +307,9 @@ def load_frozen(directory: str, mesh) -> Frozen:
   return Frozen(b, parallel.replicate(variables, mesh))
 
 
-def rate_block(run: Run, block: int, state: step_lib.BlockState,
-               chains: dict[int, list[Frozen]], epoch: int | None = None
-               ) -> dict[int, dict[ss.Path, float]]:
-  """Rates every candidate at every input scale and writes the rank files
-  (docs/method.md#rating-design).
-
-  `epoch` (default: the block's last) is recorded in the rank files; each rating replaces the
-  previous one there and keeps a copy under ratings/history/.
-  """
-  from bossnas_jax import rating, ratings  # Rating pulls in the search's cost tables.
-
-  trainers = trainers_for(run, block, chains)
-  epochs = int(run.config.train.epochs_per_block) if epoch is None else int(epoch)
-  rating_set = pipeline.rating_set(
-      run.config.data, resolution=run.dims.resolution, seed=int(run.config.seed),
-      rating_index=block, global_batch_size=calibration_batch(run.config), mesh=run.mesh)
-  out = {}
-  for s, chain in sorted(chains.items(), reverse=True):
-    prefix_vars = tuple(f.variables for f in chain)
-    key = run.calibration_key(block)
-    calib = [x for x, _ in block_inputs(run, trainers[s], prefix_vars, run.calibration_set(),
-                                        key)]
-    rated = block_inputs(run, trainers[s], prefix_vars, rating_set,
-                         jax.random.fold_in(key, 1))
-    rater = rating.Rater(trainers[s].models, run.mesh, state, s, calib, rated)
-    prefix = "-".join(ss.format_path(f.block.path) for f in chain)
-    cands = list(ss.candidates(block, s))
-    progress = {"block": block, "in_scale": s, "prefix": prefix, "epochs": epochs}
-    scores = rating.rate(rater, cands, workdir=run.workdir, block=block, progress_key=progress,
-                         desc=f"rating block {block} from {ss.SCALE_NAMES[s]}x"
-                              f"{ss.SCALE_NAMES[s]} ({len(cands)} candidates)")
-    if jax.process_index() == 0:
-      path = ratings.write_rank_file(run.workdir, block, s, prefix, scores, rating_index=block,
-                                     epoch=epochs, num_images=rating_set.num_images,
-                                     dims=run.dims)
-      history = os.path.join(ratings.ratings_dir(run.workdir), "history")
-      name = os.path.basename(path).replace(".json", f"_epoch{epochs}.json")
-      files.copy(path, os.path.join(history, name))
-    rating.clear_progress(run.workdir, block, s)
-    out[s] = scores
-  return out
-
-
-def next_chains(run: Run, block: int, state, chains, scores) -> dict[int, list[Frozen]]:
-  """For every scale some candidate of `block` ends at, the best-scored such candidate (with its
-  own chain) becomes the next block's prefix there (docs/method.md#search-and-export)."""
-  best: dict[int, tuple[float, int, ss.Path]] = {}
-  for s, per in scores.items():
-    for p, v in per.items():
-      d = ss.output_scale(p)
-      if d not in best or v < best[d][0]:
-        best[d] = (v, s, p)
-  out = {}
-  for d, (v, s, p) in sorted(best.items(), reverse=True):
-    frozen = freeze_block(run, block, state, s, p, chains[s])
-    save_frozen(run, frozen)
-    out[d] = chains[s] + [frozen]
-    print(f"block {block}: best path ending at {ss.SCALE_NAMES[d]}x{ss.SCALE_NAMES[d]} is "
-          f"{ss.format_path(p)} (score {v:.4f}, input {ss.SCALE_NAMES[s]}x{ss.SCALE_NAMES[s]})",
-          flush=True)
-  return out
-
-
-def _progress_file(run: Run) -> str:
-  return os.path.join(run.workdir, "blocks_done.json")
-
-
-def train_all_blocks(run: Run) -> dict[int, list[Frozen]]:
-  """Blocks 0..3 in turn: train, rate, and freeze the best path ending at every scale."""
-  done = files.read_json(_progress_file(run)) if files.exists(_progress_file(run)) else {}
-  chains: dict[int, list[Frozen]] = {ss.STEM_SCALE: []}
-  for block in range(ss.NUM_BLOCKS):
-    if str(block) in done:
-      chains = {int(d): [load_frozen(p, run.mesh) for p in dirs]
-                for d, dirs in done[str(block)].items()}
-      print(f"block {block}: finished earlier; carries scales "
-            f"{', '.join(ss.SCALE_NAMES[d] for d in sorted(chains, reverse=True))}", flush=True)
-      continue
-    state = train_block(run, block, chains)
-    scores = rate_block(run, block, state, chains)
-    if block + 1 < ss.NUM_BLOCKS:
-      chains = next_chains(run, block, state, chains, scores)
-    done[str(block)] = {str(d): [_frozen_dir(run, f.block.block, f.block.in_scale, f.block.path)
-                                 for f in chain] for d, chain in chains.items()}
-    if jax.process_index() == 0:
-      files.write_json(_progress_file(run), done, indent=1)
-  return chains
-
-
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes config.json, or checks that the workdir's run used a compatible config."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, files.CONFIG_JSON)
   current = json.loads(config.to_json_best_effort())
   if files.exists(path):
     saved = files.read_json(path)

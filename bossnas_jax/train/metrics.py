@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from bossnas_jax import files
+from bossnas_jax.infra import files
 
 
 def _crc32c_table():

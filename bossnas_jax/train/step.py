@@ -18,8 +18,8 @@ One micro-batch of block b, with 4 distinct candidates P_0..P_3 drawn for it:
 Compilation. A path is run layer by layer: each layer (a `supernet.Unit`) and each head is its own
 compiled program, cached by its configuration (op, entry, input width), so the whole search space
 needs a few dozen programs, shared by every path and every block, instead of one per path (436
-paths, tens of seconds each on a CPU). The backward pass of a layer recomputes its forward
-(rematerialisation at layer boundaries): about a quarter more arithmetic, far less memory. Every
+paths, tens of seconds each on a CPU). A layer's forward keeps what its backward needs
+(`unit_vjp`: the residuals of `jax.vjp`, split over devices), so no forward is recomputed. Every
 program is `jax.jit(jax.shard_map(...))` over the 'data' mesh; BatchNorm runs in train mode with
 per-device statistics and each view of a pair is normalised on its own. Running statistics
 gathered while training are never used (ratings and prefixes recalibrate them exactly,
@@ -33,53 +33,17 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from bossnas_jax import parallel
 from bossnas_jax import search_space as ss
-from bossnas_jax.models import heads, supernet
-from bossnas_jax.train import lars as lars_lib
+from bossnas_jax.infra import parallel
+from bossnas_jax.infra.parallel import BATCH
+from bossnas_jax.models import heads, siamese, supernet
 
-P = jax.sharding.PartitionSpec
-D = P(parallel.AXIS)
 Tree = Any
-
-
-@flax.struct.dataclass
-class BlockState:
-  """Everything block training changes. online = {'block', 'proj', 'pred'}; target = {'block',
-  'proj'}. The frozen prefix travels separately, read-only."""
-
-  step: jax.Array  # Optimizer steps taken in this block.
-  online: Tree
-  target: Tree
-  opt: lars_lib.LarsState
-
-
-@dataclasses.dataclass(frozen=True)
-class Models:
-  """The static description of one block's networks."""
-
-  dims: ss.Dims
-  block: int
-  neck_hidden: int
-  proj_dim: int
-  pred_hidden: int
-  dtype: Any = jnp.float32
-
-  @property
-  def projector(self) -> heads.Projector:
-    return heads.Projector(self.dims, self.neck_hidden, self.proj_dim, self.dtype)
-
-  @property
-  def predictor(self) -> heads.Predictor:
-    return heads.Predictor(self.pred_hidden, self.proj_dim, self.dtype)
-
-  def units(self, in_scale: int, path: ss.Path) -> tuple[supernet.Unit, ...]:
-    return supernet.path_units(self.dims, self.block, in_scale, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,43 +51,21 @@ class Models:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _init_heads(models: Models, key):
+def _init_heads(models: siamese.Models, key):
   proj, pred = models.projector, models.predictor
   pv = proj.init(key, proj.init_inputs(), train=True, method=heads.Projector.call_all)
   qv = pred.init(jax.random.fold_in(key, 1), jnp.zeros((1, models.proj_dim)), train=True)
   return pv["params"], qv["params"]
 
 
-def init_state(models: Models, key, optimizer) -> BlockState:
+def init_state(models: siamese.Models, key, optimizer) -> siamese.BlockState:
   """Online = a fresh block and heads; target = a copy of the online block and projector."""
   block = supernet.init_block(models.dims, models.block, key)["params"]
   proj, pred = _init_heads(models, jax.random.fold_in(key, 7))
   online = {"block": block, "proj": proj, "pred": pred}
   target = jax.tree.map(jnp.copy, {"block": block, "proj": proj})
-  return BlockState(step=jnp.zeros((), jnp.int32), online=online, target=target,
+  return siamese.BlockState(step=jnp.zeros((), jnp.int32), online=online, target=target,
                     opt=optimizer.init(online))
-
-
-@functools.cache
-def _proj_structure(proj: heads.Projector, scale: int):
-  d = proj.dims
-  x = jax.ShapeDtypeStruct((1, d.fmap(scale), d.fmap(scale), d.channels(scale)), jnp.float32)
-  return jax.eval_shape(functools.partial(proj.init, train=True), jax.random.key(0), x)["params"]
-
-
-def head_params(models: Models, tree: Tree, scale: int) -> Tree:
-  """The projector's parameters used at output `scale` (and the predictor, if `tree` has one)."""
-  out = {"proj": supernet._select(tree["proj"], _proj_structure(models.projector, scale))}
-  if "pred" in tree:
-    out["pred"] = tree["pred"]
-  return out
-
-
-def set_head_params(tree: Tree, sub: Tree) -> Tree:
-  out = dict(tree)
-  for k, v in sub.items():
-    out[k] = supernet._merge(tree[k], v)
-  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,34 +124,7 @@ def unit_forward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
 @functools.cache
 def _unit_forward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
   fn = _named(_apply_pair(dims, dtype, unit), f"unit_forward_{_unit_name(unit)}")
-  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), D), out_specs=D))
-
-
-@functools.cache
-def unit_backward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, need_dx: bool):
-  """(params, acc, x pair, dy pair) -> (acc + scale * mean-over-devices grad, dx pair or None).
-
-  Recomputes the forward (train-mode BN is deterministic given the input). The training step uses
-  `unit_vjp` instead, which keeps the forward's residuals."""
-  return _unit_backward(dims, dtype, mesh, _program_unit(unit), scale, need_dx)
-
-
-@functools.cache
-def _unit_backward(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, need_dx: bool):
-  def per_device(params, acc, pair, dy):
-    f = _apply_pair(dims, dtype, unit)
-    if need_dx:
-      _, vjp = jax.vjp(f, params, pair)
-      dp, dx = vjp(dy)
-    else:
-      _, vjp = jax.vjp(lambda p: f(p, pair), params)
-      (dp,), dx = vjp(dy), None
-    dp = _local_grad_mean(dp)
-    return jax.tree.map(lambda a, g: a + scale * g, acc, dp), dx
-
-  fn = jax.shard_map(_named(per_device, f"unit_backward_{_unit_name(unit)}"), mesh=mesh,
-                     in_specs=(P(), P(), D, D), out_specs=(P(), D if need_dx else None))
-  return jax.jit(fn, donate_argnums=1)
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), BATCH), out_specs=BATCH))
 
 
 @functools.cache
@@ -220,7 +135,7 @@ def unit_vjp(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, need
     backward: (params, acc, residuals, dy pair) -> (acc + scale * mean-over-devices grad,
                                                     dx pair or None)
 
-  The same arithmetic as `unit_forward` followed by `unit_backward`, without recomputing the
+  The same arithmetic as `unit_forward` followed by the backward, without recomputing the
   forward. Residuals are the leaves of `jax.vjp`'s pullback, each with a leading device axis so
   they stay split over 'data'; those that are the parameters themselves are not returned but
   taken from the backward's `params`.
@@ -261,9 +176,10 @@ def _unit_vjp(dims: ss.Dims, dtype, mesh, unit: supernet.Unit, scale: float, nee
 
   name = _unit_name(unit)
   fwd = jax.jit(jax.shard_map(_named(forward, f"online_forward_{name}"), mesh=mesh,
-                              in_specs=(P(), D), out_specs=(D, D)))
+                              in_specs=(P(), BATCH), out_specs=(BATCH, BATCH)))
   bwd = jax.shard_map(_named(backward, f"online_backward_{name}"), mesh=mesh,
-                      in_specs=(P(), P(), D, D), out_specs=(P(), D if need_dx else None))
+                      in_specs=(P(), P(), BATCH, BATCH),
+                      out_specs=(P(), BATCH if need_dx else None))
   return fwd, jax.jit(bwd, donate_argnums=1)
 
 
@@ -273,7 +189,7 @@ def _avals(leaves) -> tuple:
 
 
 @functools.cache
-def target_head(models: Models, mesh, scale: int):
+def target_head(models: siamese.Models, mesh, scale: int):
   """(projector params, y pair) -> L2-normalised projections (B, 2, proj_dim)."""
   proj = models.projector
 
@@ -284,11 +200,11 @@ def target_head(models: Models, mesh, scale: int):
     return _per_view(f, pair)
 
   return jax.jit(jax.shard_map(_named(per_device, f"target_head_scale{scale}"), mesh=mesh,
-                               in_specs=(P(), D), out_specs=D))
+                               in_specs=(P(), BATCH), out_specs=BATCH))
 
 
 @functools.cache
-def online_head(models: Models, mesh, scale: int, acc_scale: float):
+def online_head(models: siamese.Models, mesh, scale: int, acc_scale: float):
   """(head params, acc, y pair, targets) -> (acc, dy pair, loss): the symmetric loss
   L(q(o(y1)), t2) + L(q(o(y2)), t1), its gradients, the loss averaged over devices."""
   proj, pred = models.projector, models.predictor
@@ -308,7 +224,7 @@ def online_head(models: Models, mesh, scale: int, acc_scale: float):
     return acc, dy, jax.lax.pmean(loss, parallel.AXIS)
 
   fn = jax.shard_map(_named(per_device, f"online_head_scale{scale}"), mesh=mesh,
-                     in_specs=(P(), P(), D, D), out_specs=(P(), D, P()))
+                     in_specs=(P(), P(), BATCH, BATCH), out_specs=(P(), BATCH, P()))
   return jax.jit(fn, donate_argnums=1)
 
 
@@ -364,7 +280,7 @@ class PrefixBlock:
 class BlockTrainer:
   """The compiled pieces of one block's training on a mesh."""
 
-  def __init__(self, models: Models, mesh, *, accumulate_steps: int, augment: Callable,
+  def __init__(self, models: siamese.Models, mesh, *, accumulate_steps: int, augment: Callable,
                optimizer, prefix: Sequence[PrefixBlock] = ()):
     self.models = models
     self.mesh = mesh
@@ -395,18 +311,18 @@ class BlockTrainer:
       return x.reshape((b, v) + x.shape[1:])
 
     return jax.jit(jax.shard_map(_named(per_device, "features"), mesh=self.mesh,
-                                 in_specs=(P(), D, P()), out_specs=D))
+                                 in_specs=(P(), BATCH, P()), out_specs=BATCH))
 
   def _build_update(self):
     optimizer = self.optimizer
 
-    def fn(state: BlockState, acc, lr, ema):
+    def fn(state: siamese.BlockState, acc, lr, ema):
       updates, opt = optimizer.update(acc, state.opt, state.online, learning_rate=lr)
       online = jax.tree.map(lambda w, u: w + u, state.online, updates)
       # EMA after the optimizer step, over the current block and projector only.
       target = jax.tree.map(lambda t, o: ema * t + (1 - ema) * o, state.target,
                             {"block": online["block"], "proj": online["proj"]})
-      return BlockState(step=state.step + 1, online=online, target=target, opt=opt)
+      return siamese.BlockState(step=state.step + 1, online=online, target=target, opt=opt)
 
     # The new state is written over the old one. The zeroed accumulator is made by a program of
     # its own once the old one is freed: returned from this program, XLA:CPU keeps a copy of the
@@ -429,7 +345,7 @@ class BlockTrainer:
     """Augmented views through the frozen prefix: (B, 8, h, w, c) split over devices."""
     return self._features(prefix_vars, views, key)
 
-  def target(self, state: BlockState, in_scale: int, path: ss.Path, pair, key):
+  def target(self, state: siamese.BlockState, in_scale: int, path: ss.Path, pair, key):
     """Normalised target projections (B, 2, D) of a view pair, with shuffle-BN."""
     m, dims, dtype = self.models, self.models.dims, self.models.dtype
     shuffle, unshuffle = _shuffle_programs(self.mesh)
@@ -438,10 +354,11 @@ class BlockTrainer:
       x = unit_forward(dims, dtype, self.mesh, u)(
           supernet.unit_params(state.target["block"], dims, u), x)
     d = ss.output_scale(path)
-    z = target_head(m, self.mesh, d)(head_params(m, state.target, d), x)
+    z = target_head(m, self.mesh, d)(siamese.head_params(m, state.target, d), x)
     return unshuffle(z, key)
 
-  def online(self, state: BlockState, acc: Tree, in_scale: int, path: ss.Path, pair, targets):
+  def online(self, state: siamese.BlockState, acc: Tree, in_scale: int, path: ss.Path, pair,
+             targets):
     """Adds the path's gradient to `acc`; returns (acc, the path's symmetric loss)."""
     m, dims, dtype = self.models, self.models.dims, self.models.dtype
     units = m.units(in_scale, path)
@@ -455,9 +372,9 @@ class BlockTrainer:
       saved.append(res)
     d = ss.output_scale(path)
     acc_heads, dy, loss = online_head(m, self.mesh, d, self.acc_scale)(
-        head_params(m, state.online, d), head_params(m, acc, d), x, targets)
+        siamese.head_params(m, state.online, d), siamese.head_params(m, acc, d), x, targets)
     del x
-    acc = set_head_params(acc, acc_heads)
+    acc = siamese.set_head_params(acc, acc_heads)
     block_acc = acc["block"]
     for i in reversed(range(len(units))):
       u, backward = units[i], programs[i][1]
@@ -465,13 +382,13 @@ class BlockTrainer:
       block_acc = supernet.set_unit_params(block_acc, u, sub)
     return {**acc, "block": block_acc}, loss
 
-  def micro_step(self, state: BlockState, acc: Tree, prefix_vars, views, key,
+  def micro_step(self, state: siamese.BlockState, acc: Tree, prefix_vars, views, key,
                  candidates: Sequence[tuple[int, ss.Path]]):
     """One micro-batch of candidates that all take input at this trainer's scale."""
     return micro_step({self.in_scale: self}, state, acc, {self.in_scale: prefix_vars}, views,
                       key, candidates)
 
-  def update(self, state: BlockState, acc: Tree, lr: float, ema: float):
+  def update(self, state: siamese.BlockState, acc: Tree, lr: float, ema: float):
     """LARS step, then EMA; returns the new state and a zeroed accumulator. Consumes `state` and
     `acc` (their arrays are deleted)."""
     zeros = self._zeros_like(acc)
@@ -481,7 +398,7 @@ class BlockTrainer:
     return state, zeros()
 
 
-def micro_step(trainers: dict[int, BlockTrainer], state: BlockState, acc: Tree, prefix_vars,
+def micro_step(trainers: dict[int, BlockTrainer], state: siamese.BlockState, acc: Tree, prefix_vars,
                views, key, candidates: Sequence[tuple[int, ss.Path]]):
   """One micro-batch over candidates that may take input at different scales
   (docs/method.md#search-and-export).

@@ -23,9 +23,8 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-from bossnas_jax import files
 from bossnas_jax import search_space as ss
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import errors, files
 from bossnas_jax.models import cost
 
 RATINGS_DIR = "ratings"

@@ -24,25 +24,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bossnas_jax import files
-from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import files
 from bossnas_jax.models import bossnet_spec as bs
 from bossnas_jax.models import cost
+from bossnas_jax.search import architecture
+from bossnas_jax.search import problem as sp
+from bossnas_jax.search import strategies as sr
 
-ARCHITECTURE_JSON = "architecture.json"
 RETRAIN_CONFIG = "retrain_config.py"
 PARETO_PNG = "search_pareto.png"
 BLOCK_SCORES_PNG = "block_scores.png"
 FORMAT_VERSION = 1
-# Options of the exported BossNet besides its encoding: T0's, with every stage at its own stride.
-BOSSNET_OPTIONS = {"act": "silu", "se": True, "last_stride": 2,
-                   "empty_stage_stride": sr.EMPTY_STAGE_STRIDE}
-
-
-class ExportError(errors.UserError, ValueError):
-  """A missing or inconsistent architecture.json."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -55,7 +48,7 @@ def _cost_dict(c: cost.Cost) -> dict:
 
 def architecture_costs(arch: ss.Architecture, resolution: int) -> dict[str, cost.Cost]:
   """The exported BossNet's cost in both conventions."""
-  return {conv: cost.architecture_cost(arch, resolution, conv, **BOSSNET_OPTIONS)
+  return {conv: cost.architecture_cost(arch, resolution, conv, **bs.SEARCHED_OPTIONS)
           for conv in cost.CONVENTIONS}
 
 
@@ -69,7 +62,7 @@ def architecture_record(result: sr.SearchResult) -> dict:
       "ops": list(arch.ops),
       "block_input_scales": [ss.SCALE_NAMES[arch.input_scale(b)] for b in range(ss.NUM_BLOCKS)],
       "stage_encoding": [list(s) for s in arch.stage_encoding()],
-      "bossnet": dict(BOSSNET_OPTIONS),
+      "bossnet": dict(bs.SEARCHED_OPTIONS),
       "resolution": st.resolution,
       "cost": {k: _cost_dict(v) for k, v in architecture_costs(arch, st.resolution).items()},
       "score": result.chosen.score,
@@ -106,41 +99,10 @@ def write_json(path: str, record: dict) -> str:
   return files.write_text(path, _dumps(record) + "\n")
 
 
-def load_architecture(path: str) -> tuple[ss.Architecture, dict]:
-  """Reads an architecture.json back: the Architecture and the record, checked for agreement."""
-  try:
-    record = files.read_json(path)
-  except FileNotFoundError:
-    raise ExportError(f"{path} does not exist; run launch/search.py --workdir DIR first.") from None
-  except (OSError, ValueError) as e:  # JSON or UTF-8 decoding
-    raise ExportError(f"{path} is not readable JSON ({e}).") from None
-  if not isinstance(record, dict):
-    raise ExportError(
-        f"{path} is not an architecture.json: it holds a JSON {type(record).__name__}, not an "
-        "object with an 'architecture' string such as launch/search.py writes.")
-  try:
-    arch = ss.parse_architecture(record["architecture"])
-  except (KeyError, TypeError, ss.SearchSpaceError) as e:
-    raise ExportError(f"{path}: no valid 'architecture' ({e}).") from None
-  expect = {"paths": [ss.format_path(p) for p in arch.paths], "ops": list(arch.ops),
-            "stage_encoding": [list(s) for s in arch.stage_encoding()]}
-  for k, v in expect.items():
-    if k in record and record[k] != v:
-      raise ExportError(f"{path}: '{k}' {record[k]!r} disagrees with architecture {arch} "
-                        f"({v!r}); was the file edited by hand? Re-export it.")
-  return arch, record
-
-
-def bossnet_config(record: dict, **overrides) -> bs.BossNetConfig:
-  """The BossNetConfig of an architecture.json record (for retraining or costing)."""
-  options = {**BOSSNET_OPTIONS, **record.get("bossnet", {}), **overrides}
-  return bs.config_from_architecture(record["architecture"], **options)
-
-
 # ------------------------------------------------------------------------------------------------
 # retrain_config.py
 
-_RETRAIN_TEMPLATE = '''"""Retraining config of the searched BossNet (written by bossnas_jax.export).
+_RETRAIN_TEMPLATE = '''"""Retraining config of the searched BossNet (bossnas_jax.search.export).
 
 {arch}: stages {enc},
 {madds:.3f}G MAdds and {params:.2f}M params at {res}x{res} (true convention).
@@ -151,7 +113,7 @@ _RETRAIN_TEMPLATE = '''"""Retraining config of the searched BossNet (written by 
 
 ARCHITECTURE = "{arch}"
 RESOLUTION = {res}
-# Every BossNet stage at its own stride, the scales the supernet path ran at (see search.py).
+# Every BossNet stage at its own stride: the scales the supernet path ran at.
 EMPTY_STAGE_STRIDE = "{stride}"
 
 
@@ -175,14 +137,14 @@ def get_config(arg=None):
 
 
 def write_retrain_config(path: str, arch: ss.Architecture, resolution: int) -> str:
-  c = cost.architecture_cost(arch, resolution, "true", **BOSSNET_OPTIONS)
+  c = cost.architecture_cost(arch, resolution, "true", **bs.SEARCHED_OPTIONS)
   local, fetch = path, ""
   if files.is_url(path):  # --config reads local files only.
     local = os.path.basename(path)
     fetch = f"\n  gcloud storage cp {path} .\n"
   text = _RETRAIN_TEMPLATE.format(
       arch=arch, enc=ss.format_stage_encoding(arch.stage_encoding()), madds=c.madds / 1e9,
-      params=c.params / 1e6, res=resolution, local=local, fetch=fetch, stride=BOSSNET_OPTIONS[
+      params=c.params / 1e6, res=resolution, local=local, fetch=fetch, stride=bs.SEARCHED_OPTIONS[
           "empty_stage_stride"])
   return files.write_text(path, text)
 
@@ -201,7 +163,7 @@ def figure(width: float, height: float, dpi: int = 110):
   return fig
 
 
-def sample_architectures(problem: sr.Problem, n: int, seed: int = 0) -> list[sr.Evaluated]:
+def sample_architectures(problem: sp.Problem, n: int, seed: int = 0) -> list[sp.Evaluated]:
   """`n` random valid chains (each block uniform among its rated candidates), for the cloud."""
   rng = np.random.default_rng(seed)
   out = {}
@@ -213,10 +175,10 @@ def sample_architectures(problem: sr.Problem, n: int, seed: int = 0) -> list[sr.
       paths.append(t.paths[i])
       s = int(t.out_scales[i])
     out[tuple(paths)] = None
-  return [sr.evaluate(problem, ss.Architecture(p)) for p in out]
+  return [sp.evaluate(problem, ss.Architecture(p)) for p in out]
 
 
-def plot_pareto(path: str, result: sr.SearchResult, problem: sr.Problem,
+def plot_pareto(path: str, result: sr.SearchResult, problem: sp.Problem,
                 cloud: int = 3000) -> str:
   st = result.settings
   fig = figure(9, 6)
@@ -281,7 +243,7 @@ def plot_pareto(path: str, result: sr.SearchResult, problem: sr.Problem,
   return save_figure(fig, path)
 
 
-def plot_block_scores(path: str, problem: sr.Problem, chosen: sr.Evaluated) -> str:
+def plot_block_scores(path: str, problem: sp.Problem, chosen: sp.Evaluated) -> str:
   fig = figure(4 * ss.NUM_BLOCKS, 4.5)
   rng = np.random.default_rng(0)
   arch = chosen.architecture
@@ -335,12 +297,13 @@ class ExportResult:
     return self.search.architecture
 
 
-def export(out_dir: str, result: sr.SearchResult, problem: sr.Problem) -> dict[str, str]:
+def export(out_dir: str, result: sr.SearchResult, problem: sp.Problem) -> dict[str, str]:
   """Writes the four files of the module docstring into `out_dir`; returns their paths."""
   files.makedirs(out_dir)
   j = lambda name: os.path.join(out_dir, name)
   return {
-      "architecture_json": write_json(j(ARCHITECTURE_JSON), architecture_record(result)),
+      "architecture_json": write_json(j(architecture.ARCHITECTURE_JSON),
+                                      architecture_record(result)),
       "retrain_config": write_retrain_config(j(RETRAIN_CONFIG), result.architecture,
                                              result.settings.resolution),
       "pareto_png": plot_pareto(j(PARETO_PNG), result, problem),
@@ -378,7 +341,7 @@ def summarize(result: sr.SearchResult, costs: dict[str, cost.Cost],
 SEARCHES = "search"  # A re-search's exports: WORKDIR/search/<its settings' tag>/.
 
 
-def search_tag(settings: sr.SearchSettings) -> str:
+def search_tag(settings: sp.SearchSettings) -> str:
   """A folder name that says what a re-search searched for, e.g. 'exhaustive_madds0.08G_res224'."""
   parts = [settings.strategy]
   if settings.max_madds:
@@ -407,3 +370,16 @@ def search_and_export(workdir: str, config_or_args=None, *, out_dir: str | None 
   if log is not None:
     log(text)
   return ExportResult(result, files, costs, text)
+
+
+def research(workdir: str, out_dir: str | None = None, *,
+             log: Callable[[str], None] | None = print, **overrides) -> ExportResult:
+  """A search of a main job's rank files with other settings (`launch/search.py`): the run's own
+  settings (the `search` section and `seed` of its config.json, where it has one), then
+  `overrides` (None keeps the run's). The exports go to `out_dir`, by default
+  WORKDIR/search/<tag of the settings>, so the main job's own choice in WORKDIR stays as it is."""
+  path = os.path.join(workdir, files.CONFIG_JSON)
+  saved = files.read_json(path) if files.exists(path) else None
+  settings = sp.settings_from(saved, **overrides)  # Bad settings fail before any reading.
+  out = out_dir or os.path.join(workdir, SEARCHES, search_tag(settings))
+  return search_and_export(workdir, settings, out_dir=out, log=log)

@@ -18,11 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from bossnas_jax import parallel
+from bossnas_jax.infra import parallel
+from bossnas_jax.infra.parallel import BATCH
 from bossnas_jax.models import supernet
 
-P = jax.sharding.PartitionSpec
 MOMENTS = "bn_moments"
 
 
@@ -109,8 +110,8 @@ def moments_program(apply: Callable, mesh):
     y, moments = apply(params, x)
     return y, jax.tree.map(gather, moments)
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
-                               out_specs=(P(parallel.AXIS), P())))
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), BATCH),
+                               out_specs=(BATCH, P())))
 
 
 @functools.cache

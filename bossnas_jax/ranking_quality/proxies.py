@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bossnas_jax.data import normalize
 from bossnas_jax.models import bossnet
 
 # Residual blocks whose output is an activation of the sum; an EmptyStage's output is act(bn(x)),
@@ -50,7 +51,7 @@ def _agreement(model: bossnet.BossNet, variables, images):
     return out
 
   with nn.intercept_methods(tap):
-    model.apply(variables, bossnet.normalize_images(images), train=True,
+    model.apply(variables, normalize.normalize_images(images), train=True,
                 mutable=["batch_stats"])  # Batch statistics, as the untrained network trains.
   k = jnp.zeros((images.shape[0], images.shape[0]), jnp.float32)
   units = jnp.zeros((), jnp.int32)

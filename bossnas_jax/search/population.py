@@ -1,4 +1,4 @@
-"""Rating any architecture from a main job's rank files, and rank correlation.
+"""Every architecture of the space at once: rating any architecture from a main job's rank files.
 
 `rate(workdir, archs)` gives, for each architecture, its per-block scores from the rank files,
 its total score (the search's sum, lower is better), its exact rank among every rated
@@ -7,27 +7,23 @@ counted, not estimated: block scores add up, so `enumerate_architectures` lists 
 architectures (1.6M in the HyTra space) as numpy arrays in well under a second, summing block by
 block in the order `search.evaluate` does, so an architecture's score here equals the search's to
 the bit and the exhaustive search's choice has rank 1.
-
-`kendall_tau_b`, `spearman_rho` and `bootstrap_interval` measure how well scores order networks
-by their real accuracy (`benchmarks/ranking_quality.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from bossnas_jax import export, files
-from bossnas_jax import ratings as rt
-from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import errors, files
 from bossnas_jax.models import cost
+from bossnas_jax.rating import rank_files as rt
+from bossnas_jax.search import architecture, export
+from bossnas_jax.search import problem as sp
 
 
 class RateError(errors.UserError, ValueError):
@@ -42,7 +38,7 @@ class RateError(errors.UserError, ValueError):
 class Population:
   """All architectures of a search problem: row i is one chain of rated candidates."""
 
-  problem: sr.Problem
+  problem: sp.Problem
   scores: np.ndarray      # (N,) float64, summed left to right from 0.0 as search.evaluate
   madds: np.ndarray       # (N,) int64, the final BossNet's (problem's convention and resolution)
   params: np.ndarray      # (N,) int64
@@ -67,7 +63,7 @@ class Population:
     return 100.0 * int(np.count_nonzero(self.scores > score)) / len(self)
 
 
-def enumerate_architectures(problem: sr.Problem) -> Population:
+def enumerate_architectures(problem: sp.Problem) -> Population:
   """Every chain of rated candidates with its score and cost, block by block (vectorised)."""
   fixed = problem.fixed
   groups = {ss.STEM_SCALE: (np.zeros(1), np.full(1, fixed.madds, np.int64),
@@ -136,15 +132,15 @@ def load_run(workdir: str, resolution: int | None = None, normalize: str | None 
   scale) is rated. `resolution` and `normalize` default to the run's `search` settings
   (config.json), else 224 and 'none'."""
   rank_files = rt.read_rank_files(workdir)
-  cfg_path = os.path.join(workdir, "config.json")
+  cfg_path = os.path.join(workdir, files.CONFIG_JSON)
   saved = (files.read_json(cfg_path) if files.exists(cfg_path) else {}).get("search", {})
   resolution = int(saved.get("resolution", 224)) if resolution is None else resolution
   normalize = (saved.get("normalize") or "none") if normalize is None else normalize
-  scores = sr.normalize_scores({k: rf.scores for k, rf in rank_files.items()}, normalize)
+  scores = sp.normalize_scores({k: rf.scores for k, rf in rank_files.items()}, normalize)
   rank_files = {k: dataclasses.replace(rf, scores=scores[k]) for k, rf in rank_files.items()}
   try:
-    problem = sr.build_problem(scores, resolution, workdir=workdir)
-  except sr.SearchError as e:
+    problem = sp.build_problem(scores, resolution, workdir=workdir)
+  except sp.SearchError as e:
     return RatedRun(workdir, rank_files, resolution, None, str(e), normalize)
   return RatedRun(workdir, rank_files, resolution, enumerate_architectures(problem), "",
                   normalize)
@@ -173,7 +169,7 @@ def rate_one(run: RatedRun, arch: ss.Architecture | str) -> Rating:
     if tuple(p) not in rf.scores:
       raise RateError(f"{where}: {rf.path} has no score for this path; re-run that rating.")
     block_scores.append(rf.scores[tuple(p)])
-  score = sr.total_score(block_scores)
+  score = sp.total_score(block_scores)
   costs = export.architecture_costs(a, run.resolution)
   pop = run.population
   if pop is None:
@@ -222,8 +218,8 @@ def read_architecture_list(path: str) -> list[str]:
     except ValueError as e:
       raise RateError(f"--archs {path} looks like JSON but does not parse ({e}).") from None
     try:
-      return [str(export.load_architecture(path)[0])]
-    except export.ExportError as e:
+      return [str(architecture.load_architecture(path)[0])]
+    except architecture.ArchitectureFileError as e:
       raise RateError(str(e)) from None
   archs = [line.split("#", 1)[0].strip() for line in text.splitlines()]
   archs = [a for a in archs if a]
@@ -257,56 +253,11 @@ def format_table(run: RatedRun, results: Sequence[Rating | RateError]) -> str:
   return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------
-# Rank correlation (ties handled as scipy.stats does: tau-b, average ranks of search.py).
-
-
-def _pair_signs(v: np.ndarray) -> np.ndarray:
-  return np.sign(v[:, None] - v[None, :])
-
-
-def _vectors(name: str, x, y) -> tuple[np.ndarray, np.ndarray]:
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  if x.shape != y.shape or x.ndim != 1:
-    raise ValueError(f"{name}: two equal-length vectors expected, got {x.shape}, {y.shape}")
-  if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-    raise ValueError(f"{name}: NaN or infinite values; drop or replace them first.")
-  return x, y
-
-
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-  """Kendall's tau-b: (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y))."""
-  x, y = _vectors("kendall_tau_b", x, y)
-  sx, sy = _pair_signs(x), _pair_signs(y)
-  iu = np.triu_indices(len(x), 1)
-  sx, sy = sx[iu], sy[iu]
-  denom = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
-  return float(np.sum(sx * sy) / denom) if denom else float("nan")
-
-
-def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
-  """Pearson correlation of the average ranks."""
-  x, y = _vectors("spearman_rho", x, y)
-  rx, ry = sr.average_ranks(x), sr.average_ranks(y)
-  rx, ry = rx - rx.mean(), ry - ry.mean()
-  denom = math.sqrt(float(np.sum(rx * rx) * np.sum(ry * ry)))
-  return float(np.sum(rx * ry) / denom) if denom else float("nan")
-
-
-def bootstrap_interval(x: Sequence[float], y: Sequence[float],
-                       statistic: Callable[[np.ndarray, np.ndarray], float] = kendall_tau_b,
-                       samples: int = 2000, level: float = 0.95, seed: int = 0
-                       ) -> tuple[float, float]:
-  """Percentile bootstrap interval of `statistic` over resampled (x, y) pairs."""
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(samples):
-    i = rng.integers(0, len(x), len(x))
-    v = statistic(x[i], y[i])
-    if math.isfinite(v):
-      values.append(v)
-  if not values:  # e.g. a constant estimator: tau is undefined in every resample
-    return float("nan"), float("nan")
-  lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-  return float(lo), float(hi)
+def ratings_record(workdir: str, run: RatedRun, archs: Sequence[str],
+                   results: Sequence[Rating | RateError]) -> dict:
+  """What `launch/rate.py --json` writes: the run's settings and one entry per architecture."""
+  return {"workdir": workdir, "resolution": run.resolution, "normalize": run.normalize,
+          "num_architectures": len(run.population) if run.population is not None else None,
+          "ratings": [r.to_dict() if isinstance(r, Rating) else
+                      {"architecture": a if isinstance(a, str) else str(a), "error": str(r)}
+                      for a, r in zip(archs, results)]}

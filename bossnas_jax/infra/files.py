@@ -24,6 +24,7 @@ from typing import Any
 
 from bossnas_jax.infra import errors
 
+CONFIG_JSON = "config.json"  # A workdir's config: the main job's or a retraining's.
 REWRITE_SECONDS = 30.0  # Between uploads of one growing object (metrics, events, progress).
 
 

@@ -28,15 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.sharding import PartitionSpec as P
 
-from bossnas_jax import calibration, files, parallel, ratings
 from bossnas_jax import search_space as ss
-from bossnas_jax.models import heads, supernet
-from bossnas_jax.train import step as step_lib
-
-P = jax.sharding.PartitionSpec
-D = P(parallel.AXIS)
-
+from bossnas_jax.infra import files, parallel
+from bossnas_jax.infra.parallel import BATCH
+from bossnas_jax.models import heads, siamese, supernet
+from bossnas_jax.rating import bn_statistics, rank_files
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation-mode programs.
@@ -53,11 +51,11 @@ def unit_eval(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
     return _pair(lambda x: supernet.unit_apply(dims, unit, params, x, train=False, dtype=dtype,
                                                batch_stats=stats)[0], pair)
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), D), out_specs=D))
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), BATCH), out_specs=BATCH))
 
 
 @functools.cache
-def heads_eval(models: step_lib.Models, mesh, predict: bool):
+def heads_eval(models: siamese.Models, mesh, predict: bool):
   """(proj [, pred] variables, y pair) -> normalised projections, or raw predictions."""
   proj, pred = models.projector, models.predictor
 
@@ -67,7 +65,7 @@ def heads_eval(models: step_lib.Models, mesh, predict: bool):
       return pred.apply(variables["pred"], z, train=False) if predict else heads.normalize(z)
     return _pair(f, pair)
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), D), out_specs=D))
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), BATCH), out_specs=BATCH))
 
 
 @functools.cache
@@ -84,9 +82,9 @@ def _module_moments(module: nn.Module, **kw):
   """A head module's train-mode apply that also returns its BN input moments."""
   def apply(params, x):
     y, mutated = module.apply({"params": params}, x, train=True,
-                              mutable=["batch_stats", calibration.MOMENTS], **kw)
-    return y, mutated[calibration.MOMENTS]
-  return calibration.with_bn_moments(apply)
+                              mutable=["batch_stats", bn_statistics.MOMENTS], **kw)
+    return y, mutated[bn_statistics.MOMENTS]
+  return bn_statistics.with_bn_moments(apply)
 
 
 @functools.cache
@@ -101,9 +99,9 @@ def _calibrate_heads(mesh, modules: Sequence[nn.Module], params: Sequence, xs) -
     for v in range(pair.shape[1]):
       x = pair[:, v]
       for i, (m, p) in enumerate(zip(modules, params)):
-        x, moments = calibration.moments_program(_head_moments_apply(m), mesh)(p, x)
-        acc[i] = calibration.merge_tree(acc[i], jax.device_get(moments))
-  return [calibration.to_batch_stats(a) for a in acc]
+        x, moments = bn_statistics.moments_program(_head_moments_apply(m), mesh)(p, x)
+        acc[i] = bn_statistics.merge_tree(acc[i], jax.device_get(moments))
+  return [bn_statistics.to_batch_stats(a) for a in acc]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,7 +110,7 @@ def _calibrate_heads(mesh, modules: Sequence[nn.Module], params: Sequence, xs) -
 class Rater:
   """Rates the candidates of one block at one input scale."""
 
-  def __init__(self, models: step_lib.Models, mesh, state: step_lib.BlockState, in_scale: int,
+  def __init__(self, models: siamese.Models, mesh, state: siamese.BlockState, in_scale: int,
                calibration_pairs: Sequence, rating_batches: Sequence):
     """`calibration_pairs`: (B, 2, ...) block inputs of the calibration set (through the frozen
     prefix); `rating_batches`: (pair, mask) of the rating set."""
@@ -134,9 +132,9 @@ class Rater:
       params = [supernet.unit_params(tree["block"], dims, u) for u in units]
       # Block statistics, then the inputs of the heads (the path's outputs in train mode).
       ys = []
-      stats = calibration.calibrate_units(dims, dtype, mesh, units, params,
-                                          self.calibration_pairs, outputs=ys)
-      hp = step_lib.head_params(m, tree, d)
+      stats = bn_statistics.calibrate_units(dims, dtype, mesh, units, params,
+                                            self.calibration_pairs, outputs=ys)
+      hp = siamese.head_params(m, tree, d)
       mods, hparams = [m.projector], [hp["proj"]]
       if side == "online":
         mods.append(m.predictor)
@@ -181,7 +179,7 @@ def _unit_stats(block_stats: dict, unit: supernet.Unit) -> dict:
 
 
 def _progress_path(workdir: str, block: int, in_scale: int) -> str:
-  return os.path.join(ratings.ratings_dir(workdir), "partial",
+  return os.path.join(rank_files.ratings_dir(workdir), "partial",
                       f"block{block}_in{ss.SCALE_NAMES[in_scale]}")
 
 

@@ -27,8 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bossnas_jax import files
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import errors, files
 
 log = logging.getLogger(__name__)
 

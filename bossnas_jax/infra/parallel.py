@@ -16,6 +16,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
+# The two partition specs of every program: replicated (parameters), split along the batch.
+REPLICATED = P()
+BATCH = P(AXIS)
 
 
 def maybe_initialize_distributed() -> None:
@@ -66,11 +69,11 @@ def data_mesh() -> jax.sharding.Mesh:
 
 
 def replicated(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
+  return NamedSharding(mesh, REPLICATED)
 
 
 def batch_sharded(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(AXIS))
+  return NamedSharding(mesh, BATCH)
 
 
 def replicate(tree, mesh):

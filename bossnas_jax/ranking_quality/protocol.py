@@ -33,11 +33,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from bossnas_jax import export, files, ranking
-from bossnas_jax import ratings as rt
-from bossnas_jax import search as sr
 from bossnas_jax import search_space as ss
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import errors, files
+from bossnas_jax.ranking_quality import correlation as corr
+from bossnas_jax.rating import rank_files as rt
+from bossnas_jax.search import export, population
+from bossnas_jax.search import problem as sp
 
 FORMAT_VERSION = 1
 # Bumped whenever proxies.naswot changes what it computes: stored values of another version are
@@ -57,7 +58,7 @@ class BenchmarkError(errors.UserError, ValueError):
 # 1. Sample.
 
 
-def sample(pop: ranking.Population, num: int, ceiling_networks: int, seed: int = 0,
+def sample(pop: population.Population, num: int, ceiling_networks: int, seed: int = 0,
            band: tuple[float, float] = (0.3, 0.7), seeds: int = 1) -> list[dict]:
   """`num` distinct architectures within the MAdds quantile `band` of `pop` (whose costs are the
   retrained network's): half uniformly at random, half nearest to evenly spaced score values over
@@ -222,7 +223,7 @@ def _architecture_scores(scores: Mapping[tuple[int, int], rt.Scores],
   for a in archs:
     arch = ss.parse_architecture(a)
     try:
-      out.append(sr.total_score(scores[(b, arch.input_scale(b))][tuple(p)]
+      out.append(sp.total_score(scores[(b, arch.input_scale(b))][tuple(p)]
                                 for b, p in enumerate(arch.paths)))
     except KeyError:
       out.append(float("nan"))
@@ -235,8 +236,8 @@ def rank_file_estimators(workdir: str, archs: Sequence[str], name: str = "bossna
   and the final rating normalised within each (block, input scale); negated (lower is better)."""
   final = {k: rf.scores for k, rf in rt.read_rank_files(workdir).items()}
   out = {name: final, f"{name}_first_rating": _history_scores(workdir, "first"),
-         f"{name}_zscore": sr.normalize_scores(final, "zscore"),
-         f"{name}_rank_norm": sr.normalize_scores(final, "rank")}
+         f"{name}_zscore": sp.normalize_scores(final, "zscore"),
+         f"{name}_rank_norm": sp.normalize_scores(final, "rank")}
   return {k: [-v for v in _architecture_scores(s, archs)] for k, s in out.items()}
 
 
@@ -261,9 +262,9 @@ def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 
   v = np.where(np.isneginf(v), finite.min() - 1 if len(finite) else -1.0, v)
   if len(v) < 3:
     return {"n": int(len(v))}
-  lo, hi = ranking.bootstrap_interval(v, t, samples=samples, seed=seed)
-  return {"n": int(len(v)), "kendall_tau": json_number(ranking.kendall_tau_b(v, t)),
-          "spearman_rho": json_number(ranking.spearman_rho(v, t)),
+  lo, hi = corr.bootstrap_interval(v, t, samples=samples, seed=seed)
+  return {"n": int(len(v)), "kendall_tau": json_number(corr.kendall_tau_b(v, t)),
+          "spearman_rho": json_number(corr.spearman_rho(v, t)),
           "kendall_tau_95": [json_number(lo), json_number(hi)]}
 
 
@@ -446,78 +447,3 @@ def update_readme(path: str, summary: dict) -> bool:
   files.write_text(path, text[:i + len(start)] + "\n" + markdown_table(summary) + "\n"
                    + text[j:])
   return True
-
-
-# ------------------------------------------------------------------------------------------------
-# 5. Where the ground truth's noise comes from (benchmarks/ground_truth_noise.py).
-
-
-def noise_statistics(correct: Mapping[tuple[str, int], np.ndarray]) -> dict:
-  """How the trainings of the ground truth differ, from each one's per-example correctness on the
-  same test images ({(architecture, seed): bool array}).
-
-  Two trainings of one network that each get an example right with some probability, independently
-  per example, differ in top-1 by sd sqrt(d / n) from that alone, where d is the fraction of the n
-  examples on which they disagree ("test-set churn"; Jordan, "Calibrated Chaos", ICLR 2024). More
-  training steps do not remove it; averaging seeds does. Whatever the observed differences have
-  beyond it is a difference between the trained networks themselves. `seed_shift` is what a seed
-  does to every network alike (it fixes the data order and augmentation of all of them), which
-  leaves their order alone."""
-  keys = sorted(correct)
-  if not keys:
-    raise BenchmarkError("no finished training to analyse.")
-  n = len(correct[keys[0]])
-  acc = {k: 100.0 * float(np.mean(v)) for k, v in correct.items()}
-  by_arch: dict[str, list[int]] = {}
-  for a, s in keys:
-    by_arch.setdefault(a, []).append(s)
-  multi = {a: s for a, s in by_arch.items() if len(s) >= 2}
-  seeds = sorted({s for _, s in keys})
-  shift = {}
-  for s in seeds:
-    d = [acc[(a, s)] - np.mean([acc[(a, t)] for t in ss_]) for a, ss_ in multi.items() if s in ss_]
-    if d:
-      shift[s] = float(np.mean(d))
-
-  def disagreement(pairs):
-    values = [float(np.mean(correct[p] != correct[q])) for p, q in pairs]
-    return 100.0 * float(np.mean(values)) if values else None
-
-  same_arch = [((a, s), (a, t)) for a, ss_ in multi.items() for i, s in enumerate(ss_)
-               for t in ss_[i + 1:]]
-  same_seed = [((a, s), (b, s)) for i, (a, s) in enumerate(keys) for (b, t) in keys[i + 1:]
-               if t == s and b != a]
-  out = {"test_images": n, "trainings": len(keys), "architectures_with_two_seeds": len(multi),
-         "seed_shift": {str(s): v for s, v in shift.items()},
-         "disagreement_same_architecture": disagreement(same_arch),
-         "disagreement_same_seed": disagreement(same_seed)}
-  pairs01 = [a for a, ss_ in multi.items() if 0 in ss_ and 1 in ss_]
-  if len(pairs01) >= 3:
-    diffs = np.array([acc[(a, 0)] - acc[(a, 1)] for a in pairs01])
-    d01 = np.array([np.mean(correct[(a, 0)] != correct[(a, 1)]) for a in pairs01])
-    observed = float(np.std(diffs, ddof=1))
-    churn = 100.0 * float(np.sqrt(np.mean(d01) / n))
-    out["seed0_minus_seed1"] = {
-        "architectures": len(pairs01), "mean": float(np.mean(diffs)), "sd": observed,
-        "sd_from_churn": churn, "churn_share_of_variance": (churn / observed) ** 2
-        if observed > 0 else None}
-  return out
-
-
-def format_noise(stats: dict) -> str:
-  lines = [f"{stats['trainings']} trainings, {stats['architectures_with_two_seeds']} "
-           f"architectures with two or more seeds, {stats['test_images']} test images"]
-  if stats["seed_shift"]:
-    lines.append("what each seed does to every network (points of top-1 from its mean): " +
-                 ", ".join(f"seed {s} {v:+.2f}" for s, v in stats["seed_shift"].items()))
-  for key, what in (("disagreement_same_architecture", "one network, two seeds"),
-                    ("disagreement_same_seed", "two networks, one seed")):
-    if stats[key] is not None:
-      lines.append(f"examples on which two trainings disagree ({what}): {stats[key]:.2f}%")
-  d = stats.get("seed0_minus_seed1")
-  if d:
-    lines.append(f"seed 0 - seed 1 over {d['architectures']} networks: mean {d['mean']:+.2f}, sd "
-                 f"{d['sd']:.2f} points; test-set churn alone would give sd "
-                 f"{d['sd_from_churn']:.2f} ({100 * d['churn_share_of_variance']:.0f}% of the "
-                 "variance)")
-  return "\n".join(lines)

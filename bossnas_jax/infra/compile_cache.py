@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import jax
 
-from bossnas_jax import files
+from bossnas_jax.infra import files
 
 
-def enable_compilation_cache(path: str) -> None:
+def enable(path: str) -> None:
   """Turns on JAX's persistent compilation cache in `path`, a folder or a bucket URL (compiles of
   ~1 s and up are reused)."""
   files.makedirs(path)

@@ -1,7 +1,7 @@
 """Prints the search space and the supernet's sizes, by jax.eval_shape (nothing is allocated).
 
-    python -m bossnas_jax.summary --config configs/hytra.py        # the full-size figures
-    python -m bossnas_jax.summary --config configs/hytra.py:demo
+    python -m bossnas_jax.models.summary --config configs/hytra.py        # the full-size figures
+    python -m bossnas_jax.models.summary --config configs/hytra.py:demo
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""How well a search's scores order networks by accuracy: protocol, correlation, proxies."""

@@ -1,0 +1,64 @@
+"""Rank correlation, ties handled as scipy.stats does (tau-b; average ranks as the search's
+score normalisation): how well scores order networks by their real accuracy
+(`benchmarks/ranking_quality.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from bossnas_jax.search import problem as sp
+
+
+def _pair_signs(v: np.ndarray) -> np.ndarray:
+  return np.sign(v[:, None] - v[None, :])
+
+
+def _vectors(name: str, x, y) -> tuple[np.ndarray, np.ndarray]:
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if x.shape != y.shape or x.ndim != 1:
+    raise ValueError(f"{name}: two equal-length vectors expected, got {x.shape}, {y.shape}")
+  if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+    raise ValueError(f"{name}: NaN or infinite values; drop or replace them first.")
+  return x, y
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+  """Kendall's tau-b: (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y))."""
+  x, y = _vectors("kendall_tau_b", x, y)
+  sx, sy = _pair_signs(x), _pair_signs(y)
+  iu = np.triu_indices(len(x), 1)
+  sx, sy = sx[iu], sy[iu]
+  denom = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
+  return float(np.sum(sx * sy) / denom) if denom else float("nan")
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+  """Pearson correlation of the average ranks."""
+  x, y = _vectors("spearman_rho", x, y)
+  rx, ry = sp.average_ranks(x), sp.average_ranks(y)
+  rx, ry = rx - rx.mean(), ry - ry.mean()
+  denom = math.sqrt(float(np.sum(rx * rx) * np.sum(ry * ry)))
+  return float(np.sum(rx * ry) / denom) if denom else float("nan")
+
+
+def bootstrap_interval(x: Sequence[float], y: Sequence[float],
+                       statistic: Callable[[np.ndarray, np.ndarray], float] = kendall_tau_b,
+                       samples: int = 2000, level: float = 0.95, seed: int = 0
+                       ) -> tuple[float, float]:
+  """Percentile bootstrap interval of `statistic` over resampled (x, y) pairs."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(samples):
+    i = rng.integers(0, len(x), len(x))
+    v = statistic(x[i], y[i])
+    if math.isfinite(v):
+      values.append(v)
+  if not values:  # e.g. a constant estimator: tau is undefined in every resample
+    return float("nan"), float("nan")
+  lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+  return float(lo), float(hi)

@@ -1,0 +1,1 @@
+"""Rating toward the population centre: exact BN statistics, the rating, rank files."""
