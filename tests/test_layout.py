@@ -64,3 +64,25 @@ def test_every_module_belongs_to_a_stage():
 def test_module_is_short(rel, path):
   n = sum(1 for _ in open(path))
   assert n <= MAX_LINES, f"{rel} has {n} lines (at most {MAX_LINES}): split it by what it holds."
+
+
+def _readme() -> str:
+  with open(os.path.join(ROOT, os.pardir, "README.md")) as f:
+    return f.read()
+
+
+def test_readme_layout_names_every_package():
+  layout = _readme().split("## Layout", 1)[1].split("\n## ", 1)[0]
+  for stage in STAGES:
+    name = f"bossnas_jax/{stage}.py" if os.path.isfile(os.path.join(ROOT, f"{stage}.py")) \
+        else f"bossnas_jax/{stage}/"
+    assert name in layout, f"the README's layout does not name {name}"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+  readme = _readme()
+  blocks = readme.split("```bash\n")
+  test_command = next(b.split("\n```", 1)[0] for b in blocks[1:4] if "pytest" in b)
+  with open(os.path.join(ROOT, os.pardir, ".ci", "run")) as f:
+    ci = [line for line in f.read().splitlines() if line and not line.startswith("#")]
+  assert ci[-1] == test_command.strip()
