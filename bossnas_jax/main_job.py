@@ -40,7 +40,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   errors.require(m.compute_dtype in ("auto", "float32", "bfloat16"), "model.compute_dtype",
                  m.compute_dtype, "'auto', 'float32' or 'bfloat16'")
   for f in ("batch_size", "accumulate_steps", "epochs_per_block", "checkpoint_every_steps",
-            "keep_checkpoints", "log_every_steps"):
+            "keep_checkpoints"):
     errors.require(int(t[f]) >= 1, f"train.{f}", t[f], "an integer >= 1")
   min_candidates = min(len(ss.candidates(b, s)) for b in range(4) for s in ss.input_scales(b))
   errors.require(1 <= int(t.num_paths) <= min_candidates, "train.num_paths", t.num_paths,

@@ -61,7 +61,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.end_ema = 1.0
   t.checkpoint_every_steps = 500  # Optimizer steps between checkpoints (also one per block end).
   t.keep_checkpoints = 3
-  t.log_every_steps = 10
 
   # ---- Rating toward the population centre (docs/method.md#rating, #rating-design, #d6, #d7) ----
   c.rating = r = ml_collections.ConfigDict()
@@ -113,7 +112,6 @@ def _shrink_to_demo(c: ml_collections.ConfigDict) -> None:
   c.train.epochs_per_block = 2
   c.train.lr = 1.2
   c.train.checkpoint_every_steps = 50
-  c.train.log_every_steps = 5
   c.rating.rate_every_epochs = 1
   c.rating.batch_size = 256
   c.search.resolution = 32

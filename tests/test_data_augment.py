@@ -260,8 +260,20 @@ def test_device_augment_shapes_determinism_and_dtype():
 
 
 def test_device_augment_rating_views_and_odd_counts():
-  views = jnp.zeros((3, 2, 16, 16, 3), jnp.uint8)
-  assert augment(jax.random.key(0), views).shape == (3, 2, 16, 16, 3)
+  # Rating pairs (2 views: one of each pipeline) of an odd batch: each view is the augmentation of
+  # its own drawn parameters, view 0 with pipeline 1's probabilities and view 1 with pipeline 2's.
+  rng = np.random.default_rng(0)
+  views = jnp.asarray(rng.integers(0, 256, (3, 2, 16, 16, 3), dtype=np.uint8))
+  key = jax.random.key(0)
+  out = np.asarray(augment(key, views))
+  assert out.shape == (3, 2, 16, 16, 3) and np.all(np.isfinite(out))
+  params = da.augmentation_params(key, 3, 2)
+  for b in range(3):
+    for v in range(2):
+      p = jax.tree.map(lambda x, b=b, v=v: x[b, v], params)
+      want = normalize.normalize(da.apply_augmentation(views[b, v].astype(jnp.float32) / 255, p))
+      np.testing.assert_allclose(out[b, v], want, atol=1e-5)
+  np.testing.assert_allclose(da.pipeline_probs(2, (0.1, 1.0)), [0.1, 1.0], rtol=1e-6)
   with pytest.raises(ValueError, match="halves"):
     da.device_augment(jax.random.key(0), jnp.zeros((1, 3, 8, 8, 3), jnp.uint8))
 

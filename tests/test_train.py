@@ -485,7 +485,7 @@ def test_bad_inputs_are_clear_errors_before_work(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"different config \(train.lr: 1.2 -> 2.0\)"):
     loop.save_config(config, str(tmp_path))
   config.train.lr = 1.2
-  config.train.log_every_steps = 3  # Does not change what is computed: accepted.
+  config.train.keep_checkpoints = 5  # Does not change what is computed: accepted.
   loop.save_config(config, str(tmp_path))
   (tmp_path / "file").write_text("")
   with pytest.raises(files.WorkdirError, match=r"--workdir .*file is a file; pass a folder"):

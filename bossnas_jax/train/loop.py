@@ -314,6 +314,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if files.exists(path):
     saved = files.read_json(path)
     # Fields that do not change what is computed may differ between a run and its restart.
+    # (train.log_every_steps: a field of older configs that nothing read.)
     free = {("train", "log_every_steps"), ("train", "checkpoint_every_steps"),
             ("train", "keep_checkpoints"), ("data", "worker_count"), ("data", "data_dir"),
             ("search",)}
