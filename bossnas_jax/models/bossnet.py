@@ -191,6 +191,39 @@ class EmptyStage(nn.Module):
     return _ACTS[self.act](batch_norm(train, "bn", dtype=self.dtype)(x))
 
 
+# The three parts of a BossNet, called inside a compact method: their layers become the caller's
+# (`conv1`, `bn1`, `layer{s}_{i}`, `fc`, as the official state_dict names them). BossNet is the
+# three in a row; a latency table (latency.py) times each on its own.
+
+
+def stem(x, cfg: BossNetConfig, dtype: Dtype, train: bool):
+  """conv 7x7/2 -> BN -> act -> max-pool 3x3/2."""
+  x = _conv(cfg.stem_channels, 7, 2, 3, "conv1", dtype)(x)
+  x = _ACTS[cfg.act](batch_norm(train, "bn1", dtype=dtype)(x))
+  return max_pool(x, 3, 2, 1)  # On CPU: window taps (select-and-scatter is slow there).
+
+
+def blocks(x, specs, cfg: BossNetConfig, dtype: Dtype, train: bool):
+  """The residual blocks (or empty stages) of `specs`, in order."""
+  for spec in specs:
+    if spec.kind == "conv":
+      block = ResConvBlock(spec, cfg.act, dtype, name=spec.name)
+    elif spec.kind == "att":
+      block = ResAttBlock(spec, cfg.act, cfg.dim_head, dtype, name=spec.name)
+    else:
+      block = EmptyStage(spec, cfg.act, dtype, name=spec.name)
+    x = block(x, train)
+  return x
+
+
+def head(x, cfg: BossNetConfig):
+  """Global average pool (in float32) -> fc."""
+  x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+  fc = nn.Dense(cfg.num_classes, dtype=jnp.float32, kernel_init=torch_default_init,
+                bias_init=torch_default_bias_init(cfg.num_features), name="fc")
+  return fc(x)
+
+
 class BossNet(nn.Module):
   """The retraining network: stem, 4 stages from the encoding, global average pool, fc."""
 
@@ -203,25 +236,9 @@ class BossNet(nn.Module):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise BossNetSpecError(f"BossNet takes NHWC images with 3 channels, got shape {x.shape}.")
     bs.check_resolution(int(x.shape[1]), int(x.shape[2]))
-    act = _ACTS[cfg.act]
-    x = x.astype(self.dtype)
-    x = _conv(cfg.stem_channels, 7, 2, 3, "conv1", self.dtype)(x)
-    x = act(batch_norm(train, "bn1", dtype=self.dtype)(x))
-    x = max_pool(x, 3, 2, 1)  # On CPU: window taps (select-and-scatter is slow there).
-    for spec in layout(cfg):
-      if spec.kind == "conv":
-        block = ResConvBlock(spec, cfg.act, self.dtype, name=spec.name)
-      elif spec.kind == "att":
-        block = ResAttBlock(spec, cfg.act, cfg.dim_head, self.dtype, name=spec.name)
-      else:
-        block = EmptyStage(spec, cfg.act, self.dtype, name=spec.name)
-      x = block(x, train)
-    if features_only:
-      return x
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    fc = nn.Dense(cfg.num_classes, dtype=jnp.float32, kernel_init=torch_default_init,
-                  bias_init=torch_default_bias_init(cfg.num_features), name="fc")
-    return fc(x)
+    x = stem(x.astype(self.dtype), cfg, self.dtype, train)
+    x = blocks(x, layout(cfg), cfg, self.dtype, train)
+    return x if features_only else head(x, cfg)
 
 
 def build(model: str | BossNetConfig | Any, dtype: Dtype = jnp.float32, **config) -> BossNet:

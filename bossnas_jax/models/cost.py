@@ -469,14 +469,31 @@ def searched_block_cost(block: int, in_scale: int | None, path: Sequence[int],
   if in_scale is None:
     raise ValueError(f"block {block}: the input scale must be given.")
   ss.parse_path(ss.format_path(path), block, in_scale)  # SearchSpaceError if invalid.
-  specs = _searched_block_specs(cfg, block, in_scale, path)
   if convention == "official":
-    return total(_official_block(cfg, spec, resolution) for spec in specs)
+    return total(_official_block(cfg, spec, resolution)
+                 for spec in _searched_block_specs(cfg, block, in_scale, path))
+  return total(block_cost(spec, n, cfg.dim_head)
+               for spec, n in searched_block_layers(block, in_scale, path, resolution, **config))
+
+
+def searched_block_layers(block: int, in_scale: int | None, path: Sequence[int],
+                          resolution: int = 224, **config) -> list[tuple[bs.BlockSpec, int]]:
+  """The BossNet blocks (and skipped empty stages) that block `block`'s `path` becomes when it
+  takes input at `in_scale`, each with its input side at `resolution`: the part of a searched
+  BossNet this choice contributes (every stage at its own stride)."""
+  cfg = _searched_config(config)
+  in_scale = ss.STEM_SCALE if block == 0 else in_scale
   sizes = _stage_input_sizes(cfg, resolution)
-  out = ZERO
-  for spec in specs:
+  out = []
+  for spec in _searched_block_specs(cfg, block, in_scale, path):
     n = sizes[spec.stage]
     if spec.index:  # Past the first block a stage runs at its output size.
       n = bs.conv_out(n, 3, cfg.stride(spec.stage), 1)
-    out = out + block_cost(spec, n, cfg.dim_head)
+    out.append((spec, n))
   return out
+
+
+def searched_output_side(resolution: int = 224, **config) -> int:
+  """Side of a searched BossNet's last feature map (the head's input)."""
+  cfg = _searched_config(config)
+  return bs.conv_out(_stage_input_sizes(cfg, resolution)[-1], 3, cfg.stride(bs.NUM_STAGES - 1), 1)
