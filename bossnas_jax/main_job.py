@@ -24,6 +24,7 @@ from bossnas_jax import search_space as ss
 from bossnas_jax.infra import compile_cache, errors, files, parallel
 from bossnas_jax.models import siamese, summary, supernet
 from bossnas_jax.rating import block_rating, bn_statistics
+from bossnas_jax.search import problem as sp
 from bossnas_jax.train import loop
 from bossnas_jax.train import step as step_lib
 
@@ -42,7 +43,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for f in ("batch_size", "accumulate_steps", "epochs_per_block", "checkpoint_every_steps",
             "keep_checkpoints"):
     errors.require(int(t[f]) >= 1, f"train.{f}", t[f], "an integer >= 1")
-  min_candidates = min(len(ss.candidates(b, s)) for b in range(4) for s in ss.input_scales(b))
+  min_candidates = min(len(ss.candidates(b, s)) for b in range(ss.NUM_BLOCKS)
+                       for s in ss.input_scales(b))
   errors.require(1 <= int(t.num_paths) <= min_candidates, "train.num_paths", t.num_paths,
                  f"1 .. {min_candidates} (the smallest candidate list)")
   for f in ("lr", "lars_eta"):
@@ -61,8 +63,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   errors.require(int(d.calibration_images) >= 1, "data.calibration_images", d.calibration_images,
                  ">= 1")
   errors.require(int(r.batch_size) >= 1, "rating.batch_size", r.batch_size, ">= 1")
-  errors.require(config.search.strategy in ("evolution", "exhaustive", "greedy"), "search.strategy",
-                 config.search.strategy, "'evolution', 'exhaustive' or 'greedy'")
+  errors.require(config.search.strategy in sp.STRATEGIES, "search.strategy",
+                 config.search.strategy, " or ".join(repr(s) for s in sp.STRATEGIES))
   calib = loop.calibration_batch(config)
   errors.require(int(d.calibration_images) % calib == 0, "data.calibration_images",
                  d.calibration_images, f"a multiple of the calibration batch {calib} "

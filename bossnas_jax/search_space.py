@@ -75,10 +75,6 @@ def is_attention(op: int) -> bool:
   return OPS[op].attention
 
 
-def ops_at_scale(d: int) -> tuple[int, ...]:
-  return tuple(o.index for o in OPS if o.scale == d)
-
-
 def ops_in_block(block: int) -> tuple[int, ...]:
   """Op indices that exist in a block (those of its scales 0 .. BLOCK_DEPTHS[block] - 1)."""
   return tuple(o.index for o in OPS if o.scale < BLOCK_DEPTHS[block])

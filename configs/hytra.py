@@ -73,7 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.resolution = 224          # Input side of the final BossNet that budgets and costs refer to.
   s.convention = "true"       # Costs as the network computes them; 'official' = boss_madds.py.
   # Block scores as rated ('none', the official sum), or made comparable across the input scales
-  # of a block before they are added: 'zscore' / 'rank' per rank file (search.normalize_scores).
+  # of a block before they are added: 'zscore' / 'rank' per rank file
+  # (search/problem.normalize_scores).
   s.normalize = "none"
   s.max_madds = ml_collections.FieldReference(None, field_type=float)  # Budget, true convention.
   s.max_params = ml_collections.FieldReference(None, field_type=float)

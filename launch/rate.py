@@ -15,6 +15,7 @@ from absl import flags
 
 from bossnas_jax.infra import cli, files
 from bossnas_jax.search import population
+from bossnas_jax.search import problem as sp
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a main job (holds ratings/).")
 _ARCHS = flags.DEFINE_string("archs", None,
@@ -22,7 +23,7 @@ _ARCHS = flags.DEFINE_string("archs", None,
 _RESOLUTION = flags.DEFINE_integer(
     "resolution", None, "Input side the costs refer to (default: the run's search.resolution).")
 _NORMALIZE = flags.DEFINE_enum(
-    "normalize", None, ("none", "zscore", "rank"),
+    "normalize", None, sp.NORMALIZATIONS,
     "Block scores as the search sums them (default: the run's search.normalize).")
 _JSON = flags.DEFINE_string("json", None, "Also write the ratings to this JSON file.")
 flags.mark_flags_as_required(["workdir"])

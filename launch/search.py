@@ -13,6 +13,7 @@ is), and prints the chosen network, its cost and the files (`search.export.resea
 from absl import flags
 
 from bossnas_jax.infra import cli
+from bossnas_jax.models import cost
 from bossnas_jax.search import export
 from bossnas_jax.search import problem as sp
 
@@ -23,7 +24,7 @@ _STRATEGY = flags.DEFINE_enum("strategy", None, sp.STRATEGIES,
 _MAX_MADDS = flags.DEFINE_float("max_madds", None, "MAdds budget, e.g. 2.5e9.")
 _MAX_PARAMS = flags.DEFINE_float("max_params", None, "Parameter budget, e.g. 30e6.")
 _RESOLUTION = flags.DEFINE_integer("resolution", None, "BossNet input side (224).")
-_CONVENTION = flags.DEFINE_enum("convention", None, ("true", "official"),
+_CONVENTION = flags.DEFINE_enum("convention", None, cost.CONVENTIONS,
                                 "Cost convention of the budgets (true).")
 _NORMALIZE = flags.DEFINE_enum("normalize", None, sp.NORMALIZATIONS,
                                "Block scores as rated (none) or normalised per rank file.")

@@ -48,7 +48,6 @@ RETRAIN = 3
 open_split = pipeline.open_split
 steps_per_epoch = pipeline.steps_per_epoch
 local_batch_size = pipeline.local_batch_size
-to_global = pipeline.to_global
 
 
 def num_classes(data: ml_collections.ConfigDict) -> int:

@@ -176,13 +176,6 @@ def params_from_uniforms(u: jax.Array, blur_prob: jax.Array,
   }
 
 
-def draw_augmentation(key: jax.Array, blur_prob: jax.Array,
-                      solarize_prob: jax.Array) -> dict[str, jax.Array]:
-  """The random decisions of one view."""
-  u = jax.random.uniform(key, (NUM_UNIFORMS,), jnp.float32)
-  return params_from_uniforms(u, blur_prob, solarize_prob)
-
-
 def apply_augmentation(image: jax.Array, params: dict[str, jax.Array]) -> jax.Array:
   """The device steps on one (H, W, 3) float image in [0, 1], as `params` decided."""
   jittered = jitter_with(image, params["order"], params["factors"], params["shift"])
@@ -191,12 +184,6 @@ def apply_augmentation(image: jax.Array, params: dict[str, jax.Array]) -> jax.Ar
   image = jnp.where(params["grayscale"], grey, image)
   image = jnp.where(params["blur"], gaussian_blur(image, params["sigma"]), image)
   return jnp.where(params["solarize"], solarize(image), image)
-
-
-def augment_image(key: jax.Array, image: jax.Array, blur_prob: jax.Array,
-                  solarize_prob: jax.Array) -> jax.Array:
-  """The device steps of one pipeline on one (H, W, 3) float image in [0, 1]."""
-  return apply_augmentation(image, draw_augmentation(key, blur_prob, solarize_prob))
 
 
 def pipeline_probs(num_views: int, probs: Sequence[float]) -> jax.Array:

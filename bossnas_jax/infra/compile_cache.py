@@ -1,4 +1,4 @@
-"""Small process-level helpers shared by entry points and tests."""
+"""JAX's persistent compilation cache (`enable`), for runs and tests."""
 
 from __future__ import annotations
 

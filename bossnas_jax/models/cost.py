@@ -105,9 +105,9 @@ def attention(width: int, heads: int, dim_head: int, tokens: int) -> Cost:
   return dense(width, 3 * inner, tokens) + Cost(2 * inner * tokens * tokens, 0)
 
 
-def squeeze_excite(channels: int, reduced: int, *, bias: bool = True) -> Cost:
-  """Global mean -> fc C->r (bias) -> ReLU -> fc r->C (bias) -> sigmoid gate."""
-  return dense(channels, reduced, bias=bias) + dense(reduced, channels, bias=bias)
+def squeeze_excite(channels: int, reduced: int, *, bias: bool = True) -> tuple[Cost, Cost]:
+  """Global mean -> fc C->r (bias) -> ReLU -> fc r->C (bias) -> sigmoid gate: its two fcs."""
+  return dense(channels, reduced, bias=bias), dense(reduced, channels, bias=bias)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,8 +150,8 @@ def residual_parts(*, attention_block: bool, cin: int, width: int, cout: int, in
     p["conv3"] = dense(width, cout, t_out)
     p["bn3"] = bn(cout)
   if se:
-    p["se_fc1"] = dense(cout, se, bias=with_bias)
-    p["se_fc2"] = dense(se, cout, bias=with_bias)
+    fc1, fc2 = squeeze_excite(cout, se, bias=with_bias)
+    p["se_fc1"], p["se_fc2"] = fc1, fc2
   if shortcut == "proj":
     p["shortcut_conv" + suffix] = dense(cin, cout, t_out)
     p["shortcut_bn" + suffix] = bn(cout)
@@ -384,8 +384,8 @@ def bossnet_cost(model, resolution: int = 224, convention: str = "true") -> Cost
 
 def architecture_cost(arch: str | ss.Architecture, resolution: int = 224,
                       convention: str = "true", **config) -> Cost:
-  """The BossNet of a searched architecture ('5433-3230-0010-0000'); options as in T0 unless
-  overridden (e.g. se=False, act='relu')."""
+  """The BossNet of a searched architecture ('5433-3230-0010-0000'): `bs.SEARCHED_OPTIONS` unless
+  `config` overrides them (e.g. se=False, act='relu')."""
   return bossnet_cost(bs.config_from_architecture(arch, **config), resolution, convention)
 
 

@@ -252,12 +252,6 @@ def path_variables(variables: Variables, dims: ss.Dims, block: int, in_scale: in
   return {col: _select(variables[col], structure[col]) for col in structure if col in variables}
 
 
-def merge_variables(variables: Variables, sub: Variables) -> Variables:
-  """Writes a (path) sub-tree back into the whole block's variables."""
-  return {col: _merge(variables[col], sub[col]) if col in sub else variables[col]
-          for col in variables}
-
-
 def block_input_shape(dims: ss.Dims, block: int, in_scale: int, batch: int) -> tuple[int, ...]:
   """Shape of a block's input: the image for block 0, else features at `in_scale`."""
   if block == 0:

@@ -1,1 +1,2 @@
-"""How well a search's scores order networks by accuracy: protocol, correlation, proxies."""
+"""How well a search's scores order networks by accuracy: protocol, correlation, noise,
+proxies."""

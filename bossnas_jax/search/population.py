@@ -5,7 +5,7 @@ its total score (the search's sum, lower is better), its exact rank among every 
 architecture of the space, and its MAdds and parameters in both cost conventions. The rank is
 counted, not estimated: block scores add up, so `enumerate_architectures` lists the score of all
 architectures (1.6M in the HyTra space) as numpy arrays in well under a second, summing block by
-block in the order `search.evaluate` does, so an architecture's score here equals the search's to
+block in the order `problem.evaluate` does, so an architecture's score here equals the search's to
 the bit and the exhaustive search's choice has rank 1.
 """
 
@@ -39,7 +39,7 @@ class Population:
   """All architectures of a search problem: row i is one chain of rated candidates."""
 
   problem: sp.Problem
-  scores: np.ndarray      # (N,) float64, summed left to right from 0.0 as search.evaluate
+  scores: np.ndarray      # (N,) float64, summed left to right from 0.0 as problem.evaluate
   madds: np.ndarray       # (N,) int64, the final BossNet's (problem's convention and resolution)
   params: np.ndarray      # (N,) int64
   candidates: np.ndarray  # (N, 4) int32: candidate index in the table of (block, input scale)
@@ -123,7 +123,7 @@ class RatedRun:
   resolution: int
   population: Population | None
   missing: str  # why there is no population ('' when there is one)
-  normalize: str = "none"  # the scores' normalisation (search.normalize_scores)
+  normalize: str = "none"  # the scores' normalisation (problem.normalize_scores)
 
 
 def load_run(workdir: str, resolution: int | None = None, normalize: str | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import math
 import os
 import time
@@ -35,10 +34,6 @@ from bossnas_jax.train import lars as lars_lib
 from bossnas_jax.train import metrics as metrics_lib
 from bossnas_jax.train import schedules
 from bossnas_jax.train import step as step_lib
-
-log = logging.getLogger(__name__)
-
-
 
 
 @dataclasses.dataclass
@@ -314,7 +309,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if files.exists(path):
     saved = files.read_json(path)
     # Fields that do not change what is computed may differ between a run and its restart.
-    # (train.log_every_steps: a field of older configs that nothing read.)
+    # (train.log_every_steps: only retraining reads it; old block-training configs have it.)
     free = {("train", "log_every_steps"), ("train", "checkpoint_every_steps"),
             ("train", "keep_checkpoints"), ("data", "worker_count"), ("data", "data_dir"),
             ("search",)}
