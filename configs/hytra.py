@@ -78,6 +78,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.normalize = "none"
   s.max_madds = ml_collections.FieldReference(None, field_type=float)  # Budget, true convention.
   s.max_params = ml_collections.FieldReference(None, field_type=float)
+  # Latency as a third cost: a table built on the target device (launch/latency_table.py) at
+  # this batch and dtype, and a budget in ms on the predicted latency (docs/method.md#latency).
+  s.latency_table = ml_collections.FieldReference(None, field_type=str)
+  s.max_latency_ms = ml_collections.FieldReference(None, field_type=float)
+  s.latency_batch = 1
+  s.latency_dtype = "float32"
   s.population = 50
   s.generations = 20
   s.mutation_prob = 0.1

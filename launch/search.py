@@ -29,6 +29,11 @@ _CONVENTION = flags.DEFINE_enum("convention", None, cost.CONVENTIONS,
 _NORMALIZE = flags.DEFINE_enum("normalize", None, sp.NORMALIZATIONS,
                                "Block scores as rated (none) or normalised per rank file.")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of the evolution.")
+_LAT_TABLE = flags.DEFINE_string(
+    "latency_table", None, "A latency table (launch/latency_table.py): latency becomes a cost.")
+_MAX_LAT = flags.DEFINE_float("max_latency_ms", None, "Budget on the predicted latency (ms).")
+_LAT_BATCH = flags.DEFINE_integer("latency_batch", None, "Batch the table must be measured at (1).")
+_LAT_DTYPE = flags.DEFINE_string("latency_dtype", None, "Its dtype (float32).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the export (default: WORKDIR/search/TAG, "
                            "TAG naming the strategy, budget and resolution).")
 flags.mark_flags_as_required(["workdir"])
@@ -41,7 +46,9 @@ def main(argv):
   export.research(_WORKDIR.value, _OUT.value, strategy=_STRATEGY.value,
                   max_madds=_MAX_MADDS.value, max_params=_MAX_PARAMS.value,
                   resolution=_RESOLUTION.value, convention=_CONVENTION.value,
-                  normalize=_NORMALIZE.value, seed=_SEED.value)
+                  normalize=_NORMALIZE.value, seed=_SEED.value,
+                  latency_table=_LAT_TABLE.value, max_latency_ms=_MAX_LAT.value,
+                  latency_batch=_LAT_BATCH.value, latency_dtype=_LAT_DTYPE.value)
 
 
 if __name__ == "__main__":

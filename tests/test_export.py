@@ -45,7 +45,9 @@ def test_architecture_json_round_trip(exported):
   assert len(record["ops"]) == 16 and record["ops"] == list(arch.ops)
   assert record["stage_encoding"] == [list(s) for s in arch.stage_encoding()]
   assert (record["strategy"], record["resolution"]) == ("exhaustive", 224)
-  assert record["budget"] == {"max_madds": None, "max_params": 60e6, "convention": "true"}
+  assert record["budget"] == {"max_madds": None, "max_params": 60e6, "max_latency_ms": None,
+                              "convention": "true"}
+  assert record["latency"] is None  # no latency table
   assert record["score"] == pytest.approx(sum(record["block_scores"]))
   assert record["search"]["exact_optimum"] == str(arch)
   config = architecture.bossnet_config(record)

@@ -271,10 +271,10 @@ def test_exhaustive_matches_brute_force(small):
              (madds[len(madds) // 3], params[2 * len(params) // 3]), (madds[0], None)]
   for mm, mp in budgets:
     st = sp.SearchSettings(strategy="exhaustive", max_madds=mm, max_params=mp)
-    ok = [e for e in evals if sp.within(e.cost, st)]
+    ok = [e for e in evals if sp.within(e, st)]
     best = min(ok, key=sp.Evaluated.key)
     got = sr.search(problem, st).chosen
-    assert got.key() == best.key() and sp.within(got.cost, st)
+    assert got.key() == best.key() and sp.within(got, st)
 
 
 def test_exhaustive_full_space_matches_vectorized_brute_force(full):
@@ -319,8 +319,8 @@ def test_evolution_on_the_full_space_respects_budgets(full):
   evo = sr._Evolution(problem, st, sr.check_budget(problem, st))
   best = evo.run()
   assert len(evo.members) > 100
-  assert all(sp.within(evo.eval(c).cost, st) for c in evo.members)
-  assert sp.within(best.cost, st)
+  assert all(sp.within(evo.eval(c), st) for c in evo.members)
+  assert sp.within(best, st)
   assert best.score <= sr.best_within(sr.pareto_front(problem), st).score + 0.5
 
 
@@ -350,9 +350,9 @@ def test_budgets_are_respected(small):
       try:
         res = sr.search(problem, st)
       except sp.SearchError:
-        assert not any(sp.within(e.cost, st) for e in evals)
+        assert not any(sp.within(e, st) for e in evals)
         continue
-      assert res.within_budget and sp.within(res.chosen.cost, st)
+      assert res.within_budget and sp.within(res.chosen, st)
 
 
 def test_infeasible_budget_names_the_minima(small):
@@ -384,3 +384,96 @@ def test_malformed_or_unrated_architecture(small):
                  if a not in rated)
   with pytest.raises(sp.SearchError, match="has no rating"):
     sp.evaluate(problem, unrated)
+
+
+# ------------------------------------------------------------------------------------------------
+# Latency as a third cost (docs/method.md#latency).
+
+
+def _latency_table(path, seed=0, **settings):
+  """A latency table of every part, made up (the search only adds its entries)."""
+  import dataclasses
+
+  from bossnas_jax.models import latency
+  rng = np.random.default_rng(seed)
+  header = {"format": latency.FORMAT,
+            **dataclasses.asdict(latency.TableSettings(**settings))}
+  entries = {n: {"count": 2, "mean": float(rng.uniform(0.5, 5.0)), "std": 0.0}
+             for n in latency.part_names()}
+  with open(path, "w") as f:
+    json.dump({"header": header, "entries": entries}, f)
+  return str(path)
+
+
+def test_nondominated_matches_naive_with_four_columns():
+  rng = np.random.default_rng(1)
+  for _ in range(100):
+    pts = rng.integers(0, 5, size=(int(rng.integers(1, 50)), 4)).astype(np.float64)
+    got = sr.nondominated(pts)
+    assert {tuple(p) for p in pts[got]} == naive_front(pts)
+    assert len(got) == len({tuple(p) for p in pts[got]})
+
+
+def test_exhaustive_and_evolution_with_a_latency_budget(small, tmp_path):
+  d, _ = small
+  table = _latency_table(tmp_path / "latency.json")
+  problem = sp.load_problem(d, sp.SearchSettings(latency_table=table))
+  archs = all_chains(problem)
+  evals = [sp.evaluate(problem, a) for a in archs]
+  assert all(e.latency_ms is not None for e in evals)
+  front = sr.pareto_front(problem)
+  quad = lambda e: (e.score, e.cost.madds, e.cost.params, e.latency_ms)  # noqa: E731
+  assert {quad(e) for e in front} == naive_front([quad(e) for e in evals])
+  lat = sorted(e.latency_ms for e in evals)
+  madds = sorted(e.cost.madds for e in evals)
+  for ml, mm in [(lat[len(lat) // 3], None), (lat[len(lat) // 2], madds[len(madds) // 2]),
+                 (lat[0], None)]:
+    st = sp.SearchSettings(strategy="exhaustive", max_latency_ms=ml, max_madds=mm,
+                           latency_table=table)
+    best = min((e for e in evals if sp.within(e, st)), key=sp.Evaluated.key)
+    got = sr.search(sp.load_problem(d, st), st)
+    assert got.chosen.key() == best.key() and got.within_budget
+    assert got.chosen.latency_ms <= ml
+    evo = sr.search(problem, dataclasses_replace(st, strategy="evolution", seed=2))
+    assert evo.within_budget and evo.chosen.latency_ms <= ml
+  with pytest.raises(sp.SearchError, match=r"lowest predicted latency .* ms.*--max_latency_ms"):
+    sr.search(problem, sp.SearchSettings(max_latency_ms=lat[0] * 0.9, latency_table=table))
+
+
+def dataclasses_replace(settings, **kw):
+  import dataclasses
+  return dataclasses.replace(settings, **kw)
+
+
+def test_latency_settings_and_tables_are_checked(small, tmp_path):
+  from bossnas_jax.models import latency
+  d, _ = small
+  with pytest.raises(sp.SearchError, match="needs a latency table"):
+    sp.SearchSettings(max_latency_ms=5.0)
+  table = _latency_table(tmp_path / "t.json")
+  with pytest.raises(sp.SearchError, match="greedy"):
+    sp.SearchSettings(strategy="greedy", max_latency_ms=5.0, latency_table=table)
+  other = _latency_table(tmp_path / "b8.json", batch=8, dtype="bfloat16")
+  with pytest.raises(latency.LatencyError, match=r"batch 8 in the table, 1 here.*dtype"):
+    sp.load_problem(d, sp.SearchSettings(latency_table=other))
+  partial = json.load(open(table))
+  del partial["entries"]["stem"]
+  (tmp_path / "partial.json").write_text(json.dumps(partial))
+  with pytest.raises(latency.LatencyError, match="no entry 'stem'"):
+    sp.load_problem(d, sp.SearchSettings(latency_table=str(tmp_path / "partial.json")))
+
+
+def test_research_with_a_latency_budget_records_the_prediction(small, tmp_path):
+  from bossnas_jax.search import export
+  d, _ = small
+  table = _latency_table(tmp_path / "t.json")
+  free = export.research(d, str(tmp_path / "free"), latency_table=table, log=None)
+  budget = 0.8 * free.search.chosen.latency_ms
+  got = export.research(d, latency_table=table, max_latency_ms=budget, log=None)
+  assert got.search.chosen.latency_ms <= budget
+  assert got.files["architecture_json"].endswith(
+      f"exhaustive_latency{budget:g}ms_res224/architecture.json")
+  record = json.load(open(got.files["architecture_json"]))
+  assert record["latency"]["predicted_ms"] == pytest.approx(got.search.chosen.latency_ms)
+  assert record["latency"]["table"] == table and record["budget"]["max_latency_ms"] == budget
+  assert record["latency"]["measured_on"]["batch"] == 1

@@ -69,11 +69,15 @@ def architecture_record(result: sr.SearchResult) -> dict:
       "block_scores": list(result.chosen.block_scores),
       "strategy": st.strategy,
       "budget": {"max_madds": st.max_madds, "max_params": st.max_params,
-                 "convention": st.convention},
+                 "max_latency_ms": st.max_latency_ms, "convention": st.convention},
+      "latency": None if result.chosen.latency_ms is None else {
+          "predicted_ms": result.chosen.latency_ms, "table": st.latency_table,
+          "measured_on": result.latency_header},
       "within_budget": result.within_budget,
       "search": {
           **{k: v for k, v in dataclasses.asdict(st).items()
-             if k not in ("strategy", "max_madds", "max_params", "resolution", "convention")},
+             if k not in ("strategy", "max_madds", "max_params", "max_latency_ms", "resolution",
+                          "convention")},
           "num_architectures": result.num_architectures,
           "evaluated": result.evaluated,
           "pareto_front_size": len(result.front),
@@ -326,7 +330,9 @@ def summarize(result: sr.SearchResult, costs: dict[str, cost.Cost],
       f"  BossNet stages {ss.format_stage_encoding(arch.stage_encoding())} at "
       f"{st.resolution}x{st.resolution}, full width, 1000 classes: {t.madds / 1e9:.3f}G MAdds, "
       f"{t.params / 1e6:.2f}M params (true); {o.madds / 1e9:.3f}G, {o.params / 1e6:.2f}M "
-      "(official counter)",
+      "(official counter)"
+      + ("" if c.latency_ms is None else
+         f"; predicted latency {c.latency_ms:.3f} ms ({st.latency_table})"),
       "  exact optimum under the budget: "
       + ("none" if opt is None else "this one" if opt.key() == c.key()
          else f"{opt.architecture} (score {opt.score:.4f})")
@@ -348,6 +354,8 @@ def search_tag(settings: sp.SearchSettings) -> str:
     parts.append(f"madds{settings.max_madds / 1e9:g}G")
   if settings.max_params:
     parts.append(f"params{settings.max_params / 1e6:g}M")
+  if settings.max_latency_ms:
+    parts.append(f"latency{settings.max_latency_ms:g}ms")
   if (settings.max_madds or settings.max_params) and settings.convention != "true":
     parts.append(settings.convention)
   parts.append(f"res{settings.resolution}")

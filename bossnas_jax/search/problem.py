@@ -27,7 +27,7 @@ import numpy as np
 
 from bossnas_jax import search_space as ss
 from bossnas_jax.infra import errors
-from bossnas_jax.models import cost
+from bossnas_jax.models import cost, latency
 from bossnas_jax.rating import rank_files as rt
 
 STRATEGIES = ("evolution", "exhaustive", "greedy")
@@ -57,6 +57,11 @@ class SearchSettings:
   crossover_prob: float = 0.5
   tournament: int = 5
   seed: int = 0
+  # Latency as a third cost (docs/method.md#latency): a table measured at this batch and dtype.
+  latency_table: str | None = None
+  max_latency_ms: float | None = None  # Budget on the predicted latency; needs latency_table.
+  latency_batch: int = 1
+  latency_dtype: str = "float32"
 
   def __post_init__(self):
     def bad(field, allowed):
@@ -68,11 +73,16 @@ class SearchSettings:
       bad("convention", f"expected one of {', '.join(cost.CONVENTIONS)}")
     if self.normalize not in NORMALIZATIONS:
       bad("normalize", f"expected one of {', '.join(NORMALIZATIONS)}")
-    for f in ("max_madds", "max_params"):
+    for f in ("max_madds", "max_params", "max_latency_ms"):
       v = getattr(self, f)
       if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
         bad(f, "a positive number, or None for no budget")
-    if self.strategy == "greedy" and (self.max_madds or self.max_params):
+    if self.max_latency_ms and not self.latency_table:
+      raise SearchError(
+          f"max_latency_ms={self.max_latency_ms:g} needs a latency table: build one with "
+          "launch/latency_table.py on the target device and pass it as latency_table "
+          "(--latency_table).")
+    if self.strategy == "greedy" and (self.max_madds or self.max_params or self.max_latency_ms):
       raise SearchError(
           "strategy='greedy' is the official rule and cannot respect a budget "
           f"({self.describe_budget()}); search under a budget with strategy 'exhaustive' (exact) "
@@ -91,7 +101,8 @@ class SearchSettings:
 
   def describe_budget(self) -> str:
     parts = [f"MAdds <= {self.max_madds:.4g}" if self.max_madds else "",
-             f"params <= {self.max_params:.4g}" if self.max_params else ""]
+             f"params <= {self.max_params:.4g}" if self.max_params else "",
+             f"latency <= {self.max_latency_ms:g} ms" if self.max_latency_ms else ""]
     text = " and ".join(p for p in parts if p)
     return f"{text} ({self.convention} convention, at {self.resolution})" if text else "none"
 
@@ -140,6 +151,7 @@ class BlockTable:
   params: np.ndarray  # int64
   out_scales: np.ndarray
   index: dict[ss.Path, int]
+  latency: np.ndarray | None = None  # float64 ms of the parts, with a latency table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +161,13 @@ class Problem:
   resolution: int
   convention: str
   unused: tuple[tuple[int, int], ...] = ()  # rank files no rated chain reaches
+  fixed_latency: float | None = None  # stem and head (ms), with a latency table
+  latency_header: dict | None = None   # what the table was measured on
+
+  @property
+  def num_costs(self) -> int:
+    """MAdds and params, and latency with a table: the costs the search weighs."""
+    return 2 if self.fixed_latency is None else 3
 
   def table(self, block: int, in_scale: int) -> BlockTable:
     return self.tables[(block, in_scale)]
@@ -170,9 +189,11 @@ class Problem:
 
 def build_problem(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]],
                   resolution: int = 224, convention: str = "true", *, workdir: str | None = None,
+                  latency_table: Mapping | None = None, latency_path: str = "the latency table",
                   **bossnet_options) -> Problem:
   """Tables of the rated candidates of every (block, input scale) that a chain of rated candidates
-  reaches. A reachable (block, scale) without scores is an error naming its rank file."""
+  reaches. A reachable (block, scale) without scores is an error naming its rank file. With a
+  `latency_table`, every candidate also has its part's latency (a missing entry is named)."""
   tables = {}
   reach = {ss.STEM_SCALE}
   for b in range(ss.NUM_BLOCKS):
@@ -191,16 +212,24 @@ def build_problem(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]],
       costs = [cost.searched_block_cost(b, s, p, resolution, convention, **bossnet_options)
                for p in paths]
       outs = np.array([ss.output_scale(p) for p in paths], np.int64)
+      lat = None if latency_table is None else np.array(
+          [latency.entry_ms(latency_table, latency.entry_name(b, s, p), latency_path)
+           for p in paths], np.float64)
       tables[(b, s)] = BlockTable(
           b, s, paths, np.array([v for _, v in items], np.float64),
           np.array([c.madds for c in costs], np.int64),
           np.array([c.params for c in costs], np.int64), outs,
-          {p: i for i, p in enumerate(paths)})
+          {p: i for i, p in enumerate(paths)}, lat)
       nxt.update(outs.tolist())
     reach = nxt
   unused = tuple(sorted(k for k in scores if k not in tables))
   fixed = cost.searched_fixed_cost(resolution, convention, **bossnet_options)
-  return Problem(tables, fixed, resolution, convention, unused)
+  if latency_table is None:
+    return Problem(tables, fixed, resolution, convention, unused)
+  fixed_ms = (latency.entry_ms(latency_table, "stem", latency_path)
+              + latency.entry_ms(latency_table, "head", latency_path))
+  return Problem(tables, fixed, resolution, convention, unused, fixed_ms,
+                 dict(latency_table.get("header", {})))
 
 
 def average_ranks(v) -> np.ndarray:
@@ -246,7 +275,14 @@ def normalize_scores(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]], 
 def load_problem(workdir: str, settings: SearchSettings | None = None) -> Problem:
   settings = settings or SearchSettings()
   scores = normalize_scores(rt.read_ratings(workdir), settings.normalize)
-  return build_problem(scores, settings.resolution, settings.convention, workdir=workdir)
+  table = None
+  if settings.latency_table:
+    table = latency.load_table(settings.latency_table)
+    latency.check_settings(table["header"], latency.TableSettings(
+        resolution=settings.resolution, batch=settings.latency_batch,
+        dtype=settings.latency_dtype), settings.latency_table)
+  return build_problem(scores, settings.resolution, settings.convention, workdir=workdir,
+                       latency_table=table, latency_path=settings.latency_table or "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,6 +295,7 @@ class Evaluated:
   score: float
   block_scores: tuple[float, ...]
   cost: cost.Cost
+  latency_ms: float | None = None  # predicted, with a latency table
 
   def key(self) -> tuple:
     """Order of preference: score, then MAdds, then params, then the string (deterministic)."""
@@ -278,7 +315,7 @@ def evaluate(problem: Problem, arch: ss.Architecture | str) -> Evaluated:
   """Score and cost of an architecture from the rank files (an error if a block is not rated)."""
   if isinstance(arch, str):
     arch = ss.parse_architecture(arch)
-  block_scores, total = [], problem.fixed
+  block_scores, total, ms = [], problem.fixed, problem.fixed_latency
   for b, p in enumerate(arch.paths):
     s = arch.input_scale(b)
     t = problem.tables.get((b, s))
@@ -289,9 +326,15 @@ def evaluate(problem: Problem, arch: ss.Architecture | str) -> Evaluated:
           f"{ss.SCALE_NAMES[s]} has no rating, so it has no score.")
     block_scores.append(float(t.scores[i]))
     total = total + cost.Cost(int(t.madds[i]), int(t.params[i]))
-  return Evaluated(arch, total_score(block_scores), tuple(block_scores), total)
+    if ms is not None:  # Added block by block from the stem and head, as the search adds.
+      ms = ms + float(t.latency[i])
+  return Evaluated(arch, total_score(block_scores), tuple(block_scores), total, ms)
 
 
-def within(c: cost.Cost, settings: SearchSettings) -> bool:
+def within(e: Evaluated, settings: SearchSettings) -> bool:
+  """Whether an architecture meets every budget of `settings`."""
+  c = e.cost
   return ((settings.max_madds is None or c.madds <= settings.max_madds)
-          and (settings.max_params is None or c.params <= settings.max_params))
+          and (settings.max_params is None or c.params <= settings.max_params)
+          and (settings.max_latency_ms is None or e.latency_ms is None
+               or e.latency_ms <= settings.max_latency_ms))

@@ -27,14 +27,24 @@ from bossnas_jax.search import problem as sp
 
 
 def nondominated(points: np.ndarray) -> np.ndarray:
-  """Indices of the rows of `points` (n, 3; every column minimised) that no other row weakly
+  """Indices of the rows of `points` (n, k >= 3; every column minimised) that no other row weakly
   dominates; of equal rows the first is kept. Sorted by the first column.
 
-  Rows are visited by (c0, c1, c2); a visited row can only be dominated by an earlier one, which
-  is tested against a staircase of the (c1, c2) pairs kept so far (c1 ascending, c2 descending).
+  Rows are visited in lexicographic order; a visited row can only be dominated by an earlier one.
+  With 3 columns that is tested against a staircase of the (c1, c2) pairs kept so far (c1
+  ascending, c2 descending); with more (latency as a third cost), against every kept row.
   """
   if len(points) == 0:
     return np.zeros(0, np.int64)
+  if points.shape[1] > 3:
+    order = np.lexsort(points.T[::-1])
+    kept = np.empty((0, points.shape[1]))
+    keep = []
+    for k, row in enumerate(points[order]):
+      if not np.any(np.all(kept <= row, axis=1)):
+        kept = np.vstack([kept, row])
+        keep.append(k)
+    return order[np.array(keep, np.int64)]
   order = np.lexsort((points[:, 2], points[:, 1], points[:, 0]))
   c1, c2 = points[order, 1].tolist(), points[order, 2].tolist()
   xs: list[float] = []
@@ -58,7 +68,7 @@ def nondominated(points: np.ndarray) -> np.ndarray:
 class _Chains:
   """A Pareto set of chains of blocks 0..b ending at one scale, as back-pointers."""
 
-  points: np.ndarray  # (n, 3): score, MAdds, params (fixed part included)
+  points: np.ndarray  # (n, 3 or 4): score, MAdds, params[, latency] (fixed part included)
   src: np.ndarray     # input scale of block b's table
   parent: np.ndarray  # row in the chains of block b-1 ending at `src`
   cand: np.ndarray    # candidate index in table (b, src)
@@ -68,7 +78,9 @@ def _forward_fronts(problem: sp.Problem) -> list[dict[int, _Chains]]:
   """Per block, per output scale: the chains of blocks 0..b that no other chain ending at the same
   scale beats in (score, MAdds, params). A dominated chain stays dominated whatever follows, since
   everything adds up, so nothing optimal is dropped."""
-  root = np.array([[0.0, problem.fixed.madds, problem.fixed.params]])
+  root = np.array([[0.0, problem.fixed.madds, problem.fixed.params]
+                   + ([] if problem.fixed_latency is None else [problem.fixed_latency])])
+  k = root.shape[1]
   levels: list[dict[int, _Chains]] = []
   prev = {ss.STEM_SCALE: _Chains(root, np.zeros(1, np.int64), np.zeros(1, np.int64),
                                  np.zeros(1, np.int64))}
@@ -76,9 +88,10 @@ def _forward_fronts(problem: sp.Problem) -> list[dict[int, _Chains]]:
     groups: dict[int, list] = {}
     for s, chains in prev.items():
       t = problem.table(b, s)
-      cand = np.stack([t.scores, t.madds.astype(np.float64), t.params.astype(np.float64)], 1)
+      cand = np.stack([t.scores, t.madds.astype(np.float64), t.params.astype(np.float64)]
+                      + ([] if t.latency is None else [t.latency]), 1)
       n, m = len(chains.points), len(t.paths)
-      pts = (chains.points[:, None, :] + cand[None, :, :]).reshape(-1, 3)
+      pts = (chains.points[:, None, :] + cand[None, :, :]).reshape(-1, k)
       parent = np.repeat(np.arange(n), m)
       ci = np.tile(np.arange(m), n)
       outs = t.out_scales[ci]
@@ -118,7 +131,7 @@ def pareto_front(problem: sp.Problem) -> tuple[sp.Evaluated, ...]:
 
 
 def best_within(front, settings: sp.SearchSettings) -> sp.Evaluated | None:
-  ok = [e for e in front if sp.within(e.cost, settings)]
+  ok = [e for e in front if sp.within(e, settings)]
   return min(ok, key=sp.Evaluated.key) if ok else None
 
 
@@ -126,19 +139,27 @@ def best_within(front, settings: sp.SearchSettings) -> sp.Evaluated | None:
 # Budgets: the cheapest completions of partial chains.
 
 
+def _block_costs(t: sp.BlockTable) -> np.ndarray:
+  """(n, 2 or 3): each candidate's MAdds, params[, latency]."""
+  cols = [t.madds.astype(np.float64), t.params.astype(np.float64)]
+  return np.stack(cols + ([] if t.latency is None else [t.latency]), 1)
+
+
 def _suffix_fronts(problem: sp.Problem) -> dict[tuple[int, int], np.ndarray]:
-  """For block b taking input at scale s: the Pareto set of (MAdds, params) over every way of
-  finishing the network from there (blocks b..3). A partial chain can still meet the budgets iff
-  one of these fits in what is left."""
+  """For block b taking input at scale s: the Pareto set of the costs (MAdds, params[, latency])
+  over every way of finishing the network from there (blocks b..3). A partial chain can still meet
+  the budgets iff one of these fits in what is left."""
   out: dict[tuple[int, int], np.ndarray] = {}
+  k = problem.num_costs
   for b in range(ss.NUM_BLOCKS - 1, -1, -1):
     for s in problem.in_scales(b):
       t = problem.table(b, s)
+      own = _block_costs(t)
       parts = []
       for i in range(len(t.paths)):
-        rest = (np.zeros((1, 2)) if b == ss.NUM_BLOCKS - 1
+        rest = (np.zeros((1, k)) if b == ss.NUM_BLOCKS - 1
                 else out[(b + 1, int(t.out_scales[i]))])
-        parts.append(rest + np.array([[t.madds[i], t.params[i]]], np.float64))
+        parts.append(rest + own[i][None, :])
       pts = np.concatenate(parts)
       pts3 = np.concatenate([np.zeros((len(pts), 1)), pts], 1)
       out[(b, s)] = pts[nondominated(pts3)]
@@ -146,51 +167,60 @@ def _suffix_fronts(problem: sp.Problem) -> dict[tuple[int, int], np.ndarray]:
 
 
 class _Budget:
-  """Answers "can a chain that has spent `used` so far and continues with block b at scale s still
-  meet the budgets?" exactly, from the suffix fronts."""
+  """Answers "can a chain that has spent `used` (MAdds, params[, latency]) so far and continues
+  with block b at scale s still meet the budgets?" exactly, from the suffix fronts."""
 
   def __init__(self, problem: sp.Problem, settings: sp.SearchSettings):
     self.problem = problem
-    self.max_m = math.inf if settings.max_madds is None else float(settings.max_madds)
-    self.max_p = math.inf if settings.max_params is None else float(settings.max_params)
+    limits = [settings.max_madds, settings.max_params]
+    if problem.num_costs == 3:
+      limits.append(settings.max_latency_ms)
+    self.limits = np.array([math.inf if v is None else float(v) for v in limits])
     self.suffix = _suffix_fronts(problem)
 
-  def open(self, block: int, scale: int, madds: float, params: float) -> bool:
-    if block == ss.NUM_BLOCKS:
-      return madds <= self.max_m and params <= self.max_p
-    rest = self.suffix[(block, scale)]
-    return bool(np.any((madds + rest[:, 0] <= self.max_m) & (params + rest[:, 1] <= self.max_p)))
+  def start(self) -> np.ndarray:
+    """What every chain spends before its blocks: the stem and the head."""
+    p = self.problem
+    return np.array([p.fixed.madds, p.fixed.params]
+                    + ([] if p.fixed_latency is None else [p.fixed_latency]), np.float64)
 
-  def feasible_candidates(self, block: int, scale: int, madds: float,
-                          params: float) -> np.ndarray:
+  def open(self, block: int, scale: int, used: np.ndarray) -> bool:
+    if block == ss.NUM_BLOCKS:
+      return bool(np.all(used <= self.limits))
+    rest = self.suffix[(block, scale)]
+    return bool(np.any(np.all(used + rest <= self.limits, axis=1)))
+
+  def feasible_candidates(self, block: int, scale: int, used: np.ndarray) -> np.ndarray:
     """Candidate indices of table (block, scale) after which the chain can still be finished."""
     t = self.problem.table(block, scale)
-    if self.max_m == math.inf and self.max_p == math.inf:
+    if np.all(np.isinf(self.limits)):
       return np.arange(len(t.paths))
+    own = _block_costs(t)
     return np.array([i for i in range(len(t.paths))
-                     if self.open(block + 1, int(t.out_scales[i]), madds + t.madds[i],
-                                  params + t.params[i])], np.int64)
+                     if self.open(block + 1, int(t.out_scales[i]), used + own[i])], np.int64)
 
-  def minima(self) -> tuple[int, int]:
-    rest = self.suffix[(0, ss.STEM_SCALE)]
-    return (int(rest[:, 0].min()) + self.problem.fixed.madds,
-            int(rest[:, 1].min()) + self.problem.fixed.params)
+  def minima(self) -> np.ndarray:
+    """The smallest MAdds, params[, latency] any architecture reaches (each on its own)."""
+    return self.suffix[(0, ss.STEM_SCALE)].min(axis=0) + self.start()
 
 
 def check_budget(problem: sp.Problem, settings: sp.SearchSettings) -> _Budget:
   """An error if no rated architecture meets the budgets, with the smallest costs reachable."""
   budget = _Budget(problem, settings)
-  if not budget.open(0, ss.STEM_SCALE, problem.fixed.madds, problem.fixed.params):
-    m, p = budget.minima()
+  if not budget.open(0, ss.STEM_SCALE, budget.start()):
+    low = budget.minima()
+    m, p = int(low[0]), int(low[1])
     both = ""
-    if (settings.max_madds is None or m <= settings.max_madds) and (
-        settings.max_params is None or p <= settings.max_params):
-      both = " Each bound alone can be met, but no architecture meets both at once."
+    if np.all(low <= budget.limits):
+      both = (" Each bound alone can be met, but no architecture meets "
+              + ("both" if len(low) == 2 else "them all") + " at once.")
+    lat = (f", and the lowest predicted latency {low[2]:.3f} ms" if len(low) == 3 else "")
     raise sp.SearchError(
         f"no architecture meets the budget {settings.describe_budget()}: the smallest MAdds any "
         f"architecture reaches is {m:,} ({m / 1e9:.3f}G) and the smallest params {p:,} "
-        f"({p / 1e6:.2f}M), in the {settings.convention} convention at {settings.resolution}."
-        f"{both} Raise --max_madds / --max_params.")
+        f"({p / 1e6:.2f}M), in the {settings.convention} convention at {settings.resolution}"
+        f"{lat}.{both} Raise --max_madds / --max_params"
+        + (" / --max_latency_ms." if len(low) == 3 else "."))
   return budget
 
 
@@ -228,10 +258,10 @@ class _Evolution:
     """A chain that keeps the blocks of `old` not in `change` where they still fit and redraws the
     rest uniformly among candidates after which the budgets can still be met."""
     paths, s = [], ss.STEM_SCALE
-    m, p = float(self.problem.fixed.madds), float(self.problem.fixed.params)
+    used = self.budget.start()
     for b in range(ss.NUM_BLOCKS):
       t = self.problem.table(b, s)
-      ok = self.budget.feasible_candidates(b, s, m, p)
+      ok = self.budget.feasible_candidates(b, s, used)
       keep = t.index.get(old[b]) if old is not None else None
       if keep is not None and b not in change and keep in ok:
         i = keep
@@ -240,7 +270,7 @@ class _Evolution:
         i = int(self.rng.choice(pool))
       paths.append(t.paths[i])
       s = int(t.out_scales[i])
-      m, p = m + t.madds[i], p + t.params[i]
+      used = used + _block_costs(t)[i]
     return tuple(paths)
 
   def mutate(self, paths: tuple[ss.Path, ...], force: bool = True) -> tuple[ss.Path, ...]:
@@ -256,7 +286,7 @@ class _Evolution:
     for k in range(1, ss.NUM_BLOCKS):
       if ss.output_scale(a[k - 1]) == ss.output_scale(b[k - 1]):
         kids += [a[:k] + b[k:], b[:k] + a[k:]]
-    kids = [c for c in kids if c not in (a, b) and sp.within(self.eval(c).cost, self.settings)]
+    kids = [c for c in kids if c not in (a, b) and sp.within(self.eval(c), self.settings)]
     return kids[int(self.rng.integers(len(kids)))] if kids else None
 
   def select(self, population: list[tuple[ss.Path, ...]]) -> tuple[ss.Path, ...]:
@@ -303,6 +333,7 @@ class SearchResult:
   evaluated: int                 # architectures the strategy scored
   within_budget: bool
   notes: tuple[str, ...] = ()
+  latency_header: dict | None = None  # the latency table's, when latency was a cost
 
   @property
   def architecture(self) -> ss.Architecture:
@@ -330,7 +361,7 @@ def search(problem: sp.Problem, settings: sp.SearchSettings) -> SearchResult:
     notes.append("rank files no rated chain reaches were ignored: " + ", ".join(
         rt.rank_file_name(b, s) for b, s in problem.unused))
   return SearchResult(chosen, settings, front, optimum, problem.num_architectures, evaluated,
-                      sp.within(chosen.cost, settings), tuple(notes))
+                      sp.within(chosen, settings), tuple(notes), problem.latency_header)
 
 
 def run_search(workdir: str, config_or_args=None, **overrides) -> tuple[SearchResult, sp.Problem]:
