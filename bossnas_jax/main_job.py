@@ -5,10 +5,12 @@ as the next block's prefix; then search the rank files and export the choice (`s
 `launch/train_blocks.py` is a thin wrapper around `run`. Layout of a workdir:
   config.json                 the run's config (a restart with an incompatible one is refused)
   checkpoints/block{b}/{step} Orbax checkpoints of block b's state, with the data iterator state
-  ratings/block{b}_in{s}.json rank files; ratings/partial/ the progress of an unfinished rating
+  ratings/block{b}_in{s}.json rank files; ratings/history/ every rating (_epoch{e}.json);
+                              ratings/partial/ the progress of an unfinished rating
   prefix/block{b}_in{s}_{path}/0  a frozen path (target weights, recalibrated BN statistics)
   blocks_done.json            finished blocks and the prefix chains they hand on
   metrics.jsonl, tb/          per-step metrics, TensorBoard events
+  jax_cache/                  JAX's persistent compilation cache
   architecture.json, ...      the search's choice and its exports (search/export.py)
 """
 

@@ -33,8 +33,10 @@ SCALE_NAMES = ("7", "14", "28", "56")
 BLOCK_DEPTHS = (4, 3, 2, 2)
 # The stem's output (64 channels at 56x56) is at the finest scale.
 STEM_SCALE = 3
-# Full-width stem channels (snet: 3 -> 64).
+# Full-width stem channels (snet: 3 -> 64), of the supernet and of every BossNet.
 BASE_STEM_CHANNELS = 64
+# Names of a supernet op's down-scale entry modules (conv1_d, proj_d, shortcut_d ...) end so.
+DOWN_SUFFIX = "_d"
 
 
 @dataclasses.dataclass(frozen=True)

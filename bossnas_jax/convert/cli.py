@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bossnas_jax import search_space as ss
 from bossnas_jax.convert import keys
 from bossnas_jax.convert import state_dicts as sd_lib
 from bossnas_jax.infra import errors
@@ -43,7 +44,7 @@ def convert_file(path: str, out_dir: str, model: str, *, key: str | None = None,
     if "num_classes" not in config and "fc.weight" in sd:
       config["num_classes"] = int(np.shape(sd["fc.weight"])[0])
     if "width_multiplier" not in config and "conv1.weight" in sd:
-      config["width_multiplier"] = np.shape(sd["conv1.weight"])[0] / bs.BASE_STEM_CHANNELS
+      config["width_multiplier"] = np.shape(sd["conv1.weight"])[0] / ss.BASE_STEM_CHANNELS
     cfg = bs.resolve_config(model, dim_head=dim_head, **config)
     variables, report = sd_lib.import_bossnet(sd, cfg, strict=False)
     meta.update(kind="bossnet", config=cfg.to_dict())

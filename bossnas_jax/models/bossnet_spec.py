@@ -30,7 +30,6 @@ from bossnas_jax.infra import errors
 NUM_STAGES = 4
 EXPANSION = 4
 BASE_PLANES = (64, 128, 256, 512)
-BASE_STEM_CHANNELS = 64
 ACTIVATIONS = ("silu", "relu")
 # The official T0 encoding (docs/method.md#bossnet-encoding): 1 = ResConv, 0 = ResAtt, stages
 # 56 / 28 / 14 / 7.
@@ -87,7 +86,8 @@ class BossNetConfig:
         raise BossNetSpecError(
             f"stage {i + 1} has attention of width {p}, which dim_head={self.dim_head} does not "
             "divide; choose a smaller dim_head.")
-    if self.stem_channels < 1 or self.stem_channels != BASE_STEM_CHANNELS * self.width_multiplier:
+    full = ss.BASE_STEM_CHANNELS * self.width_multiplier
+    if self.stem_channels < 1 or self.stem_channels != full:
       raise BossNetSpecError(f"width_multiplier={self.width_multiplier} gives a fractional stem.")
 
   def planes(self, stage: int) -> int:
@@ -101,7 +101,7 @@ class BossNetConfig:
 
   @property
   def stem_channels(self) -> int:
-    return int(BASE_STEM_CHANNELS * self.width_multiplier)
+    return int(ss.BASE_STEM_CHANNELS * self.width_multiplier)
 
   @property
   def num_features(self) -> int:

@@ -33,8 +33,6 @@ from bossnas_jax import search_space as ss
 from bossnas_jax.models import bossnet_spec as bs
 
 CONVENTIONS = ("true", "official")
-# Names of the supernet's down-scale entry modules end with this (ops.DOWN_SUFFIX).
-DOWN_SUFFIX = "_d"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +195,7 @@ def op_parts(dims: ss.Dims, block: int, layer: int, op: int, *, down: bool) -> d
     if d + 1 >= ss.BLOCK_DEPTHS[block]:
       raise ValueError(f"op {op} of block {block} has no down-scale entry.")
     return residual_parts(cin=dims.channels(d + 1), in_size=dims.fmap(d + 1), stride=2,
-                          shortcut="conv3x3", suffix=DOWN_SUFFIX, **kw)
+                          shortcut="conv3x3", suffix=ss.DOWN_SUFFIX, **kw)
   cin = _op_in_channels(dims, block, layer, d)
   return residual_parts(cin=cin, in_size=dims.fmap(d), stride=1,
                         shortcut="identity" if cin == dims.channels(d) else "proj", **kw)

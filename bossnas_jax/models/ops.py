@@ -13,9 +13,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bossnas_jax import search_space as ss
 from bossnas_jax.models.layers import MHSA, Dtype, batch_norm, conv, conv1x1, peg
-
-DOWN_SUFFIX = "_d"
 
 
 def _shortcut(x, out_channels: int, down: bool, train: bool, dtype: Dtype):
@@ -44,7 +43,7 @@ class ResConv(nn.Module):
   @nn.compact
   def __call__(self, x, *, down: bool, train: bool):
     p = self.out_channels // 4
-    sfx = DOWN_SUFFIX if down else ""
+    sfx = ss.DOWN_SUFFIX if down else ""
     y = conv1x1(p, "conv1" + sfx, self.dtype)(x)
     y = peg(p, 2 if down else 1, "peg" + sfx, self.dtype)(y)
     y = batch_norm(train, "bn1" + sfx, dtype=self.dtype)(y)
@@ -68,7 +67,7 @@ class ResAtt(nn.Module):
   @nn.compact
   def __call__(self, x, *, down: bool, train: bool):
     a_in = self.out_channels // 4
-    sfx = DOWN_SUFFIX if down else ""
+    sfx = ss.DOWN_SUFFIX if down else ""
     y = conv1x1(a_in, "proj_conv" + sfx, self.dtype)(x)
     y = peg(a_in, 2 if down else 1, "proj_peg" + sfx, self.dtype)(y)
     y = batch_norm(train, "proj_bn" + sfx, dtype=self.dtype)(y)
