@@ -40,8 +40,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(f"config.model: {e}") from None
   for f in ("neck_hidden", "proj_dim", "pred_hidden"):
     errors.require(int(m[f]) > 0, f"model.{f}", m[f], "a positive integer")
-  errors.require(m.compute_dtype in ("auto", "float32", "bfloat16"), "model.compute_dtype",
-                 m.compute_dtype, "'auto', 'float32' or 'bfloat16'")
+  errors.require(m.compute_dtype in parallel.COMPUTE_DTYPES, "model.compute_dtype",
+                 m.compute_dtype, " or ".join(repr(d) for d in parallel.COMPUTE_DTYPES))
   for f in ("batch_size", "accumulate_steps", "epochs_per_block", "checkpoint_every_steps",
             "keep_checkpoints"):
     errors.require(int(t[f]) >= 1, f"train.{f}", t[f], "an integer >= 1")

@@ -17,13 +17,13 @@ import tqdm
 from absl import flags
 from ml_collections import config_flags
 
-from bossnas_jax.infra import cli
+from bossnas_jax.infra import cli, parallel
 from bossnas_jax.models import latency
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The search's experiment config.")
 _OUT = flags.DEFINE_string("out", None, "The table (JSON; resumed if it exists).")
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per call.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", list(latency.DTYPES), "Compute dtype.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", list(parallel.DTYPES), "Compute dtype.")
 _RESOLUTION = flags.DEFINE_integer("resolution", None, "Input side (default: search.resolution).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per part (after 3 warm-up calls).")
 flags.mark_flags_as_required(["config", "out"])

@@ -10,12 +10,26 @@ import hashlib
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
+# Compute dtypes by name; 'auto' is float32 on CPU and bfloat16 on accelerators
+# (docs/method.md#d10; parameters stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = ("auto", *DTYPES)
+
+
+def compute_dtype(name: str):
+  """The compute dtype a config names (one of COMPUTE_DTYPES)."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return DTYPES[name]
+
+
 # The two partition specs of every program: replicated (parameters), split along the batch.
 REPLICATED = P()
 BATCH = P(AXIS)

@@ -31,12 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from bossnas_jax import search_space as ss
-from bossnas_jax.infra import errors, files
+from bossnas_jax.infra import errors, files, parallel
 from bossnas_jax.models import bossnet, cost
 from bossnas_jax.models import bossnet_spec as bs
 
 FORMAT = "bossnas_jax/latency-v1"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Header fields a search must match (the rest describe the device and the timing).
 SETTINGS = ("resolution", "batch", "dtype", "width_multiplier", "num_classes", "dim_head")
 
@@ -60,8 +59,8 @@ class TableSettings:
     bs.check_resolution(self.resolution)
     if self.batch < 1:
       raise LatencyError(f"batch={self.batch}: time at least 1 image per call.")
-    if self.dtype not in DTYPES:
-      raise LatencyError(f"dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}.")
+    if self.dtype not in parallel.DTYPES:
+      raise LatencyError(f"dtype={self.dtype!r}: expected one of {', '.join(parallel.DTYPES)}.")
 
   def network(self) -> bs.BossNetConfig:
     """The options of the searched BossNets the table is for (on T0's encoding; only the
@@ -110,7 +109,7 @@ def part(name: str, settings: TableSettings) -> tuple[_Part, tuple[int, ...]]:
   cfg = settings.network()
   n, c = settings.batch, None
   if name == "stem":
-    return _Part(cfg, kind="stem", dtype=DTYPES[settings.dtype]), (n, settings.resolution,
+    return _Part(cfg, kind="stem", dtype=parallel.DTYPES[settings.dtype]), (n, settings.resolution,
                                                                    settings.resolution, 3)
   if name == "head":
     side = cost.searched_output_side(settings.resolution, **_options(settings))
@@ -122,7 +121,7 @@ def part(name: str, settings: TableSettings) -> tuple[_Part, tuple[int, ...]]:
   specs = tuple(dataclasses.replace(spec, name=f"part{k}") for k, (spec, _) in enumerate(layers))
   side = layers[0][1]
   c = specs[0].in_channels
-  return _Part(cfg, specs, dtype=DTYPES[settings.dtype]), (n, side, side, c)
+  return _Part(cfg, specs, dtype=parallel.DTYPES[settings.dtype]), (n, side, side, c)
 
 
 def _options(settings: TableSettings) -> dict:
@@ -163,7 +162,7 @@ def time_part(name: str, settings: TableSettings, repeats: int = 20, warmup: int
               seed: int = 0) -> dict[str, float]:
   module, shape = part(name, settings)
   key = jax.random.key(seed)
-  x = jax.random.normal(key, shape, jnp.float32).astype(DTYPES[settings.dtype])
+  x = jax.random.normal(key, shape, jnp.float32).astype(parallel.DTYPES[settings.dtype])
   return time_fn(jax.jit(module.apply), random_variables(module.init, key, x), x,
                  repeats=repeats, warmup=warmup)
 
@@ -261,7 +260,7 @@ def time_network(arch: ss.Architecture | str, settings: TableSettings, repeats: 
                  warmup: int = 3) -> dict[str, float]:
   """Measured latency of a whole searched BossNet, timed as the parts are."""
   config = bs.config_from_architecture(arch, **_options(settings))
-  model = bossnet.BossNet(config, DTYPES[settings.dtype])
+  model = bossnet.BossNet(config, parallel.DTYPES[settings.dtype])
   key = jax.random.key(0)
   x = jax.random.normal(key, (settings.batch, settings.resolution, settings.resolution, 3))
   variables = random_variables(functools.partial(model.init, train=False), key, x)

@@ -45,8 +45,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     bs.check_resolution(int(m.resolution))
   except bs.BossNetSpecError as err:
     raise errors.ConfigError(f"config.model.resolution: {err}") from None
-  errors.require(m.compute_dtype in ("auto", "float32", "bfloat16"), "model.compute_dtype",
-                 m.compute_dtype, "'auto', 'float32' or 'bfloat16'")
+  errors.require(m.compute_dtype in parallel.COMPUTE_DTYPES, "model.compute_dtype",
+                 m.compute_dtype, " or ".join(repr(d) for d in parallel.COMPUTE_DTYPES))
   errors.require(0 <= float(m.drop_path_rate) < 1, "model.drop_path_rate", m.drop_path_rate,
                  "[0, 1)")
   for f in ("batch_size", "epochs", "checkpoint_every_steps", "keep_checkpoints",
@@ -80,7 +80,7 @@ class Run:
     self.num_classes = int(classification.num_classes(config.data))
     self.network = state_lib.network_config(config, self.num_classes)
     self.resolution = int(config.model.resolution)
-    self.dtype = block_loop.compute_dtype(config.model.compute_dtype)
+    self.dtype = parallel.compute_dtype(config.model.compute_dtype)
     self.model = bossnet.BossNet(self.network, self.dtype)
     self.num_train = int(classification.num_examples(config.data, config.data.train_split))
     self.steps_per_epoch = self.num_train // int(t.batch_size)

@@ -48,13 +48,6 @@ class Frozen:
     return ss.output_scale(self.block.path)
 
 
-def compute_dtype(name: str):
-  """'auto' is float32 on CPU and bfloat16 on accelerators (docs/method.md#d10)."""
-  if name == "auto":
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
 @dataclasses.dataclass
 class Run:
   """What every block of one run shares."""
@@ -73,7 +66,7 @@ class Run:
                    int(config.model.dim_head))
     source = pipeline.open_split(config.data, config.data.train_split)
     return cls(config=config, workdir=workdir, mesh=parallel.data_mesh(), dims=dims,
-               dtype=compute_dtype(config.model.compute_dtype),
+               dtype=parallel.compute_dtype(config.model.compute_dtype),
                key=jax.random.key(int(config.seed), impl="rbg"), train_source=source)
 
   def models(self, block: int) -> siamese.Models:
