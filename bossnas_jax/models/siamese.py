@@ -20,6 +20,12 @@ from bossnas_jax.models import heads, supernet
 Tree = Any
 
 
+def per_view(f, pair):
+  """f over each view of a (B, 2, ...) pair. Mapped over the view axis, so BN statistics are per
+  view group while XLA runs both views through each convolution as one batch."""
+  return jax.vmap(f, in_axes=1, out_axes=1)(pair)
+
+
 @flax.struct.dataclass
 class BlockState:
   """Everything block training changes. online = {'block', 'proj', 'pred'}; target = {'block',

@@ -40,16 +40,12 @@ from bossnas_jax.rating import bn_statistics, rank_files
 # Evaluation-mode programs.
 
 
-def _pair(f, pair):
-  return jax.vmap(f, in_axes=1, out_axes=1)(pair)
-
-
 @functools.cache
 def unit_eval(dims: ss.Dims, dtype, mesh, unit: supernet.Unit):
   """(params, batch_stats, x pair) -> y pair with inference-mode BN."""
   def per_device(params, stats, pair):
-    return _pair(lambda x: supernet.unit_apply(dims, unit, params, x, train=False, dtype=dtype,
-                                               batch_stats=stats)[0], pair)
+    return siamese.per_view(lambda x: supernet.unit_apply(
+        dims, unit, params, x, train=False, dtype=dtype, batch_stats=stats)[0], pair)
 
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), BATCH), out_specs=BATCH))
 
@@ -63,7 +59,7 @@ def heads_eval(models: siamese.Models, mesh, predict: bool):
     def f(y):
       z = proj.apply(variables["proj"], y, train=False)
       return pred.apply(variables["pred"], z, train=False) if predict else heads.normalize(z)
-    return _pair(f, pair)
+    return siamese.per_view(f, pair)
 
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), BATCH), out_specs=BATCH))
 

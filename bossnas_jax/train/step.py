@@ -83,12 +83,6 @@ def _local_grad_mean(grads):
   return jax.tree.map(lambda g: g / n, grads)
 
 
-def _per_view(f, pair):
-  """f over each view of a (B, 2, ...) pair. Mapped over the view axis, so BN statistics are per
-  view group while XLA runs both views through each convolution as one batch."""
-  return jax.vmap(f, in_axes=1, out_axes=1)(pair)
-
-
 def _program_unit(unit: supernet.Unit) -> supernet.Unit:
   """The key a unit's programs are compiled under: its layer index only names parameters, so the
   same op with the same entry and input width shares its programs across layers."""
@@ -110,8 +104,8 @@ def _unit_name(unit: supernet.Unit) -> str:
 def _apply_pair(dims: ss.Dims, dtype, unit: supernet.Unit):
   """(unit params, x pair) -> y pair, train-mode BN per view group."""
   def apply(params, pair):
-    return _per_view(lambda x: supernet.unit_apply(dims, unit, params, x, train=True,
-                                                   dtype=dtype)[0], pair)
+    return siamese.per_view(lambda x: supernet.unit_apply(dims, unit, params, x, train=True,
+                                                          dtype=dtype)[0], pair)
   return apply
 
 
@@ -197,7 +191,7 @@ def target_head(models: siamese.Models, mesh, scale: int):
     def f(y):
       z, _ = proj.apply({"params": params["proj"]}, y, train=True, mutable=["batch_stats"])
       return heads.normalize(z)
-    return _per_view(f, pair)
+    return siamese.per_view(f, pair)
 
   return jax.jit(jax.shard_map(_named(per_device, f"target_head_scale{scale}"), mesh=mesh,
                                in_specs=(P(), BATCH), out_specs=BATCH))
