@@ -87,3 +87,15 @@ def test_prediction_adds_the_parts_and_names_a_missing_one():
     latency.predict(table, str(ARCH), "t.json")
   with pytest.raises(latency.LatencyError, match="not 'stem', 'head'"):
     latency.part("block9_in14_3222", TINY)
+
+
+def test_random_variables_keep_a_whole_network_finite():
+  import jax
+  model = bossnet.build(str(ARCH), width_multiplier=1 / 16, num_classes=10, dim_head=8,
+                        empty_stage_stride="stage")
+  x = np.asarray(jax.random.normal(jax.random.key(1), (2, 32, 32, 3)))
+  v = latency.random_variables(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
+  assert float(v["params"]["bn1"]["scale"].min()) == 1.0
+  assert float(v["batch_stats"]["bn1"]["var"].min()) == 1.0
+  out = np.asarray(model.apply(v, x, train=False))
+  assert out.shape == (2, 10) and np.all(np.isfinite(out)) and np.abs(out).max() > 0

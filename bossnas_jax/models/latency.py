@@ -168,15 +168,23 @@ def time_part(name: str, settings: TableSettings, repeats: int = 20, warmup: int
 
 
 def random_variables(init: Callable, key, *args):
-  """Variables shaped as `init` makes them, filled with small positive values without compiling
-  the initialisation (the values do not change the time; positive ones keep BN variances
-  valid)."""
+  """Variables shaped as `init` makes them, without compiling the initialisation: kernels drawn
+  with variance 1/fan-in, BN at identity (scale and variance 1, bias and mean 0), so activations
+  keep their scale through a whole network."""
   shapes = jax.eval_shape(init, key, *args)
-  leaves, tree = jax.tree.flatten(shapes)
+  leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
   keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(tree, [
-      (0.01 + 0.1 * jnp.abs(jax.random.normal(k, s.shape, jnp.float32))).astype(s.dtype)
-      for k, s in zip(keys, leaves)])
+
+  def fill(path, s, k):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name in ("scale", "var"):
+      return jnp.ones(s.shape, s.dtype)
+    if name in ("bias", "mean") or len(s.shape) < 2:
+      return jnp.zeros(s.shape, s.dtype)
+    fan_in = max(1, int(np.prod(s.shape[:-1])))
+    return (jax.random.normal(k, s.shape, jnp.float32) / np.sqrt(fan_in)).astype(s.dtype)
+
+  return jax.tree.unflatten(tree, [fill(p, s, k) for (p, s), k in zip(leaves, keys)])
 
 
 def header(settings: TableSettings, repeats: int, warmup: int) -> dict:
