@@ -13,13 +13,11 @@ seed-to-seed difference in top-1 test-set churn alone explains
 
 import os
 
-import jax
 import numpy as np
 from absl import flags, logging
 
-from bossnas_jax.data import host_augment, normalize, sources
+from bossnas_jax.data import sources
 from bossnas_jax.infra import cli, compile_cache, files
-from bossnas_jax.models import bossnet
 from bossnas_jax.ranking_quality import noise
 from bossnas_jax.retrain import evaluate
 
@@ -37,14 +35,9 @@ def correctness(run: str, ema: bool) -> np.ndarray:
   d, resolution = config["data"], int(config["model"]["resolution"])
   model, variables = evaluate.load_model(run, ema=ema)
   source = sources.open_source(d["name"], d["eval_split"], d["data_dir"])
-  out = []
-  for start in range(0, len(source), _BATCH.value):
-    items = source.read(range(start, min(start + _BATCH.value, len(source))))
-    images = np.stack([host_augment.eval_image(img, resolution) for img, _ in items])
-    logits = jax.device_get(bossnet.eval_logits(model, variables,
-                                                normalize.normalize_images(images)))
-    out.append(np.argmax(logits, -1) == np.asarray([label for _, label in items]))
-  return np.concatenate(out)
+  return np.concatenate([np.argmax(logits, -1) == labels for logits, labels in
+                         evaluate.logits_batches(model, variables, source, resolution,
+                                                 _BATCH.value)])
 
 
 def main(argv):

@@ -249,10 +249,12 @@ def test_settings():
 # Strategies.
 
 
-def test_nondominated_matches_naive():
-  rng = np.random.default_rng(0)
-  for _ in range(30):
-    pts = rng.integers(0, 6, size=(int(rng.integers(1, 60)), 3)).astype(np.float64)
+@pytest.mark.parametrize("columns,trials,values,rows,seed", [(3, 30, 6, 60, 0),
+                                                            (4, 100, 5, 50, 1)])  # 4: latency
+def test_nondominated_matches_naive(columns, trials, values, rows, seed):
+  rng = np.random.default_rng(seed)
+  for _ in range(trials):
+    pts = rng.integers(0, values, size=(int(rng.integers(1, rows)), columns)).astype(np.float64)
     got = sr.nondominated(pts)
     assert {tuple(p) for p in pts[got]} == naive_front(pts)
     assert len(got) == len({tuple(p) for p in pts[got]})  # One of each equal group.
@@ -403,15 +405,6 @@ def _latency_table(path, seed=0, **settings):
   with open(path, "w") as f:
     json.dump({"header": header, "entries": entries}, f)
   return str(path)
-
-
-def test_nondominated_matches_naive_with_four_columns():
-  rng = np.random.default_rng(1)
-  for _ in range(100):
-    pts = rng.integers(0, 5, size=(int(rng.integers(1, 50)), 4)).astype(np.float64)
-    got = sr.nondominated(pts)
-    assert {tuple(p) for p in pts[got]} == naive_front(pts)
-    assert len(got) == len({tuple(p) for p in pts[got]})
 
 
 def test_exhaustive_and_evolution_with_a_latency_budget(small, tmp_path):

@@ -62,11 +62,19 @@ class TableSettings:
     if self.dtype not in parallel.DTYPES:
       raise LatencyError(f"dtype={self.dtype!r}: expected one of {', '.join(parallel.DTYPES)}.")
 
-  def network(self) -> bs.BossNetConfig:
-    """The options of the searched BossNets the table is for (on T0's encoding; only the
-    options matter for a part)."""
-    return bs.config_from_architecture(ss.BOSSNET_T0, width_multiplier=self.width_multiplier,
-                                       num_classes=self.num_classes, dim_head=self.dim_head)
+  @property
+  def compute_dtype(self):
+    return parallel.DTYPES[self.dtype]
+
+  def options(self) -> dict:
+    """The BossNet options (beyond the searched ones) of the networks the table is for."""
+    return {"width_multiplier": self.width_multiplier, "num_classes": self.num_classes,
+            "dim_head": self.dim_head}
+
+  def network(self, arch: str | ss.Architecture = ss.BOSSNET_T0) -> bs.BossNetConfig:
+    """The searched BossNet of `arch` (by default T0's encoding: only the options matter for a
+    part)."""
+    return bs.config_from_architecture(arch, **self.options())
 
 
 def entry_name(block: int, in_scale: int, path: ss.Path) -> str:
@@ -106,27 +114,18 @@ class _Part(nn.Module):
 
 def part(name: str, settings: TableSettings) -> tuple[_Part, tuple[int, ...]]:
   """The module of one part and the shape of its input."""
-  cfg = settings.network()
-  n, c = settings.batch, None
+  cfg, n, r, dtype = settings.network(), settings.batch, settings.resolution, settings.compute_dtype
   if name == "stem":
-    return _Part(cfg, kind="stem", dtype=parallel.DTYPES[settings.dtype]), (n, settings.resolution,
-                                                                   settings.resolution, 3)
+    return _Part(cfg, kind="stem", dtype=dtype), (n, r, r, 3)
   if name == "head":
-    side = cost.searched_output_side(settings.resolution, **_options(settings))
+    side = cost.searched_output_side(r, **settings.options())
     return _Part(cfg, kind="head"), (n, side, side, cfg.num_features)
   block, in_scale, path = _parse_entry(name)
-  layers = cost.searched_block_layers(block, in_scale, path, settings.resolution,
-                                      **_options(settings))
+  layers = cost.searched_block_layers(block, in_scale, path, r, **settings.options())
   # Unique module names (the decomposition numbers every non-first block of a stage 1).
   specs = tuple(dataclasses.replace(spec, name=f"part{k}") for k, (spec, _) in enumerate(layers))
   side = layers[0][1]
-  c = specs[0].in_channels
-  return _Part(cfg, specs, dtype=parallel.DTYPES[settings.dtype]), (n, side, side, c)
-
-
-def _options(settings: TableSettings) -> dict:
-  return {"width_multiplier": settings.width_multiplier, "num_classes": settings.num_classes,
-          "dim_head": settings.dim_head}
+  return _Part(cfg, specs, dtype=dtype), (n, side, side, specs[0].in_channels)
 
 
 def _parse_entry(name: str) -> tuple[int, int, ss.Path]:
@@ -162,7 +161,7 @@ def time_part(name: str, settings: TableSettings, repeats: int = 20, warmup: int
               seed: int = 0) -> dict[str, float]:
   module, shape = part(name, settings)
   key = jax.random.key(seed)
-  x = jax.random.normal(key, shape, jnp.float32).astype(parallel.DTYPES[settings.dtype])
+  x = jax.random.normal(key, shape, jnp.float32).astype(settings.compute_dtype)
   return time_fn(jax.jit(module.apply), random_variables(module.init, key, x), x,
                  repeats=repeats, warmup=warmup)
 
@@ -267,8 +266,7 @@ def predict(table: Mapping, arch: ss.Architecture | str, path: str = "the latenc
 def time_network(arch: ss.Architecture | str, settings: TableSettings, repeats: int = 20,
                  warmup: int = 3) -> dict[str, float]:
   """Measured latency of a whole searched BossNet, timed as the parts are."""
-  config = bs.config_from_architecture(arch, **_options(settings))
-  model = bossnet.BossNet(config, parallel.DTYPES[settings.dtype])
+  model = bossnet.BossNet(settings.network(arch), settings.compute_dtype)
   key = jax.random.key(0)
   x = jax.random.normal(key, (settings.batch, settings.resolution, settings.resolution, 3))
   variables = random_variables(functools.partial(model.init, train=False), key, x)

@@ -56,6 +56,20 @@ def default_resolution(checkpoint: str) -> int:
   return 224
 
 
+def logits_batches(model, variables, source, resolution: int, batch_size: int,
+                   limit: int | None = None, desc: str | None = None):
+  """(logits, labels) on the host, batch by batch, of the first `limit` images of `source` (all by
+  default) under the official evaluation preprocessing; a progress bar when `desc` is given."""
+  n = len(source) if limit is None else min(limit, len(source))
+  starts = range(0, n, batch_size)
+  for start in tqdm.tqdm(starts, desc=desc, unit="batch") if desc else starts:
+    items = source.read(range(start, min(start + batch_size, n)))
+    images = np.stack([host_augment.eval_image(img, resolution) for img, _ in items])
+    labels = np.asarray([label for _, label in items], np.int32)
+    logits = bossnet.eval_logits(model, variables, normalize.normalize_images(images))
+    yield jax.device_get(logits), labels
+
+
 def evaluate(checkpoint: str, *, name: str, split: str, data_dir: str | None, resolution: int,
              batch_size: int = 64, limit: int | None = None, ema: bool = False,
              num_bins: int = metrics.NUM_BINS) -> dict[str, float]:
@@ -76,16 +90,10 @@ def evaluate(checkpoint: str, *, name: str, split: str, data_dir: str | None, re
   if source.num_classes > classes:
     raise EvaluateError(f"{name} has {source.num_classes} classes but the checkpoint's classifier "
                      f"has {classes}: evaluate a network trained for this data set.")
-  n = len(source) if limit is None else min(limit, len(source))
   acc = metrics.TopKAccumulator((1, 5))
   calib = metrics.CalibrationAccumulator(num_bins)
-  for start in tqdm.trange(0, n, batch_size, desc=f"evaluating on {name}:{split}", unit="batch"):
-    idx = range(start, min(start + batch_size, n))
-    items = source.read(idx)
-    images = np.stack([host_augment.eval_image(img, resolution) for img, _ in items])
-    labels = np.asarray([label for _, label in items], np.int32)
-    logits = bossnet.eval_logits(model, variables, normalize.normalize_images(images))
-    logits = jax.device_get(logits)
+  for logits, labels in logits_batches(model, variables, source, resolution, batch_size, limit,
+                                       desc=f"evaluating on {name}:{split}"):
     acc.update(logits, labels)
     calib.update(logits, labels)
   return acc.result() | {"ece": calib.ece()}

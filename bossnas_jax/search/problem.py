@@ -20,6 +20,7 @@ the official layout would then run every later stage at half the scale the searc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 
@@ -152,6 +153,12 @@ class BlockTable:
   out_scales: np.ndarray
   index: dict[ss.Path, int]
   latency: np.ndarray | None = None  # float64 ms of the parts, with a latency table
+
+  @functools.cached_property
+  def costs(self) -> np.ndarray:
+    """(n, 2 or 3) float64: each candidate's MAdds, params[, latency], as the search adds them."""
+    cols = [self.madds.astype(np.float64), self.params.astype(np.float64)]
+    return np.stack(cols + ([] if self.latency is None else [self.latency]), 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,8 +88,7 @@ def _forward_fronts(problem: sp.Problem) -> list[dict[int, _Chains]]:
     groups: dict[int, list] = {}
     for s, chains in prev.items():
       t = problem.table(b, s)
-      cand = np.stack([t.scores, t.madds.astype(np.float64), t.params.astype(np.float64)]
-                      + ([] if t.latency is None else [t.latency]), 1)
+      cand = np.concatenate([t.scores[:, None], t.costs], 1)
       n, m = len(chains.points), len(t.paths)
       pts = (chains.points[:, None, :] + cand[None, :, :]).reshape(-1, k)
       parent = np.repeat(np.arange(n), m)
@@ -139,12 +138,6 @@ def best_within(front, settings: sp.SearchSettings) -> sp.Evaluated | None:
 # Budgets: the cheapest completions of partial chains.
 
 
-def _block_costs(t: sp.BlockTable) -> np.ndarray:
-  """(n, 2 or 3): each candidate's MAdds, params[, latency]."""
-  cols = [t.madds.astype(np.float64), t.params.astype(np.float64)]
-  return np.stack(cols + ([] if t.latency is None else [t.latency]), 1)
-
-
 def _suffix_fronts(problem: sp.Problem) -> dict[tuple[int, int], np.ndarray]:
   """For block b taking input at scale s: the Pareto set of the costs (MAdds, params[, latency])
   over every way of finishing the network from there (blocks b..3). A partial chain can still meet
@@ -154,7 +147,7 @@ def _suffix_fronts(problem: sp.Problem) -> dict[tuple[int, int], np.ndarray]:
   for b in range(ss.NUM_BLOCKS - 1, -1, -1):
     for s in problem.in_scales(b):
       t = problem.table(b, s)
-      own = _block_costs(t)
+      own = t.costs
       parts = []
       for i in range(len(t.paths)):
         rest = (np.zeros((1, k)) if b == ss.NUM_BLOCKS - 1
@@ -195,7 +188,7 @@ class _Budget:
     t = self.problem.table(block, scale)
     if np.all(np.isinf(self.limits)):
       return np.arange(len(t.paths))
-    own = _block_costs(t)
+    own = t.costs
     return np.array([i for i in range(len(t.paths))
                      if self.open(block + 1, int(t.out_scales[i]), used + own[i])], np.int64)
 
@@ -270,7 +263,7 @@ class _Evolution:
         i = int(self.rng.choice(pool))
       paths.append(t.paths[i])
       s = int(t.out_scales[i])
-      used = used + _block_costs(t)[i]
+      used = used + t.costs[i]
     return tuple(paths)
 
   def mutate(self, paths: tuple[ss.Path, ...], force: bool = True) -> tuple[ss.Path, ...]:
