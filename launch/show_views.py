@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from bossnas_jax.data import device_augment, host_augment, normalize, pipeline
+from bossnas_jax.data import batching, device_augment, host_augment, normalize, pipeline
 from bossnas_jax.infra import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/hytra.py).")
@@ -60,7 +60,7 @@ def main(argv) -> None:
       cli.fail(f"--image={_IMAGE.value}: not an image file PIL can read "
                f"({type(e).__name__}: {str(e).split(' <')[0]}).")
   else:
-    source = pipeline.open_split(data, data.train_split)
+    source = batching.open_split(data, data.train_split)
     if not 0 <= _INDEX.value < len(source):
       cli.fail(f"--index={_INDEX.value}: {data.name}:{data.train_split} has {len(source):,} "
                f"images; give an index from 0 to {len(source) - 1}.")

@@ -11,7 +11,8 @@ import tensorflow_datasets as tfds
 from jax.sharding import PartitionSpec as P
 from test_data_embedded import IDX_DIR, small_idx_folder
 
-from bossnas_jax.data import embedded, pipeline, sources
+from bossnas_jax.data import batching, embedded, pipeline, sources
+from bossnas_jax.infra import parallel
 from configs import hytra
 
 pytestmark = pytest.mark.skipif(
@@ -64,7 +65,7 @@ def test_epoch_orders_follow_seed_block_and_epoch():
 
 
 def test_batches_follow_the_epoch_order(data):
-  source = pipeline.open_split(data, data.train_split)
+  source = batching.open_split(data, data.train_split)
   labels = np.array([source[i][1] for i in range(len(source))])
   epoch_batches = batches(make(data, block=2), 12)
   for epoch in (0, 1):
@@ -122,8 +123,8 @@ def test_batch_must_divide_the_devices(data):
 
 
 def test_global_arrays_over_the_data_mesh(data):
-  mesh = pipeline.data_mesh()
-  batch = pipeline.to_global(next(make(data)), mesh)
+  mesh = parallel.data_mesh()
+  batch = batching.to_global(next(make(data)), mesh)
   views = batch["views"]
   assert views.shape == (32, 8, 16, 16, 3) and views.sharding.spec == P("data")
   assert len(views.addressable_shards) == jax.device_count()
@@ -132,7 +133,7 @@ def test_global_arrays_over_the_data_mesh(data):
 
 
 def test_rating_set(data):
-  source = pipeline.open_split(data, data.rating_split)
+  source = batching.open_split(data, data.rating_split)
   rating = pipeline.rating_set(data, resolution=16, seed=0, rating_index=3, global_batch_size=16,
                                device_count=8)
   assert len(rating) == 3 and rating.num_images == 40
@@ -147,7 +148,7 @@ def test_rating_set(data):
                                         global_batch_size=16, device_count=8)))
   assert not np.array_equal(other["views"], first[0]["views"])
   # Global batches over the mesh.
-  mesh = pipeline.data_mesh()
+  mesh = parallel.data_mesh()
   sharded = next(iter(pipeline.rating_set(data, resolution=16, seed=0, rating_index=3,
                                           global_batch_size=16, mesh=mesh)))
   assert isinstance(sharded["views"], jax.Array) and sharded["mask"].sharding.spec == P("data")

@@ -24,7 +24,7 @@ augmented independently (its own position p). An epoch thus reads about len(spli
 images, each R times; the epoch's permutation changes which ones.
 
 Host h of H takes positions [h G/H, (h+1) G/H) of every global batch (the order of the mesh's
-'data' axis; `pipeline.to_global` assembles them).
+'data' axis; `batching.to_global` assembles them).
 """
 
 from __future__ import annotations
@@ -35,19 +35,16 @@ import numbers
 from collections.abc import Sequence
 
 import grain
-import jax
 import ml_collections
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from bossnas_jax.data import host_augment, pipeline, randaugment, sources
+from bossnas_jax.data import batching, host_augment, randaugment, sources
 
 # The stream id of retraining in every seed (block training uses 0-2, see pipeline.py).
 RETRAIN = 3
 
-open_split = pipeline.open_split
-steps_per_epoch = pipeline.steps_per_epoch
-local_batch_size = pipeline.local_batch_size
+open_split = batching.open_split
 
 
 def num_classes(data: ml_collections.ConfigDict) -> int:
@@ -77,7 +74,7 @@ def epoch_positions(num_images: int, seed: int, epoch: int, global_batch_size: i
   permutation cut into full batches.
   """
   repeats = check_repeats(repeats)
-  steps = steps_per_epoch(num_images, global_batch_size)
+  steps = batching.steps_per_epoch(num_images, global_batch_size)
   order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(num_images)
   distinct = math.ceil(global_batch_size / repeats)
   slots = np.arange(global_batch_size) % distinct
@@ -201,18 +198,15 @@ class _TrainBatch:
   """Batch k of a host's training stream -> {'image', 'label'} (a grain map over batch indices)."""
 
   def __init__(self, source, transform: TrainTransform, *, seed: int, steps: int,
-               local_batch: int, global_batch: int, process_index: int, first_epoch: int,
-               repeats: int):
+               host: batching.HostSlice, first_epoch: int, repeats: int):
     self.source, self.transform, self.seed, self.steps = source, transform, seed, steps
-    self.local_batch, self.global_batch = local_batch, global_batch
-    self.offset = process_index * local_batch
-    self.first_epoch, self.repeats = first_epoch, repeats
+    self.host, self.first_epoch, self.repeats = host, first_epoch, repeats
     self._positions = (None, None)  # (epoch, epoch_positions) of the last epoch read.
 
   def positions(self, epoch: int) -> np.ndarray:
     cached_epoch, positions = self._positions
     if cached_epoch != epoch:
-      positions = epoch_positions(len(self.source), self.seed, epoch, self.global_batch,
+      positions = epoch_positions(len(self.source), self.seed, epoch, self.host.global_batch,
                                   self.repeats)
       self._positions = (epoch, positions)
     return positions
@@ -221,24 +215,14 @@ class _TrainBatch:
     epoch, step = divmod(int(index), self.steps)
     epoch += self.first_epoch
     row = self.positions(epoch)[step]
-    r = self.transform.resolution
-    images = np.empty((self.local_batch, r, r, 3), np.uint8)
-    labels = np.empty((self.local_batch,), np.int32)
-    items = self.source.read(row[self.offset:self.offset + self.local_batch])
-    for j, (image, label) in enumerate(items):
+    r, local, offset = self.transform.resolution, self.host.local_batch, self.host.offset
+    images = np.empty((local, r, r, 3), np.uint8)
+    labels = np.empty((local,), np.int32)
+    for j, (image, label) in enumerate(self.source.read(row[offset:offset + local])):
       labels[j] = label
-      q = self.offset + j
-      images[j] = self.transform(image, (self.seed, RETRAIN, epoch, step * self.global_batch + q))
+      p = step * self.host.global_batch + offset + j
+      images[j] = self.transform(image, (self.seed, RETRAIN, epoch, p))
     return {"image": images, "label": labels}
-
-
-def _hosts(process_index, process_count, device_count):
-  process_index = jax.process_index() if process_index is None else int(process_index)
-  process_count = jax.process_count() if process_count is None else int(process_count)
-  device_count = jax.device_count() if device_count is None else int(device_count)
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
-  return process_index, process_count, device_count
 
 
 def train_iterator(data: ml_collections.ConfigDict, *, resolution: int, seed: int,
@@ -259,36 +243,28 @@ def train_iterator(data: ml_collections.ConfigDict, *, resolution: int, seed: in
   if int(num_epochs) < 0 or int(first_epoch) < 0:
     raise ValueError(f"num_epochs ({num_epochs}) and first_epoch ({first_epoch}) must be >= 0.")
   source = source if source is not None else open_split(data, data.train_split)
-  process_index, process_count, device_count = _hosts(process_index, process_count,
-                                                      device_count)
-  worker_count = int(data.worker_count) if worker_count is None else int(worker_count)
-  local_batch = local_batch_size(global_batch_size, device_count=device_count,
-                                 process_count=process_count)
-  steps = steps_per_epoch(len(source), global_batch_size)
-  make_batch = _TrainBatch(source, transform, seed=seed, steps=steps, local_batch=local_batch,
-                           global_batch=global_batch_size, process_index=process_index,
+  host = batching.HostSlice.create(global_batch_size, process_index=process_index,
+                                   process_count=process_count, device_count=device_count)
+  steps = batching.steps_per_epoch(len(source), global_batch_size)
+  make_batch = _TrainBatch(source, transform, seed=seed, steps=steps, host=host,
                            first_epoch=int(first_epoch), repeats=repeats)
-  ds = grain.MapDataset.range(int(num_epochs) * steps).map(make_batch)
-  ds = ds.to_iter_dataset(pipeline._read_options(worker_count, threads))
-  return iter(pipeline._multiprocess(ds, worker_count))
+  worker_count = int(data.worker_count) if worker_count is None else int(worker_count)
+  return batching.iterate(make_batch, int(num_epochs) * steps, worker_count=worker_count,
+                          threads=threads)
 
 
 class _EvalBatch:
   """Batch k of the evaluation split; positions past its end are padding with valid = False."""
 
-  def __init__(self, source, resolution: int, local_batch: int, global_batch: int,
-               process_index: int):
-    self.source, self.resolution = source, resolution
-    self.local_batch, self.global_batch = local_batch, global_batch
-    self.offset = process_index * local_batch
+  def __init__(self, source, resolution: int, host: batching.HostSlice):
+    self.source, self.resolution, self.host = source, resolution, host
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
-    r = self.resolution
-    images = np.zeros((self.local_batch, r, r, 3), np.uint8)
-    labels = np.zeros((self.local_batch,), np.int32)
-    valid = np.zeros((self.local_batch,), bool)
-    first = int(index) * self.global_batch + self.offset
-    positions = range(first, min(first + self.local_batch, len(self.source)))
+    r, local = self.resolution, self.host.local_batch
+    images = np.zeros((local, r, r, 3), np.uint8)
+    labels = np.zeros((local,), np.int32)
+    valid = np.zeros((local,), bool)
+    positions = self.host.positions(index, len(self.source))
     for j, (image, label) in enumerate(self.source.read(positions)):
       labels[j] = label
       images[j] = host_augment.eval_image(image, r)
@@ -314,10 +290,8 @@ def eval_iterator(data: ml_collections.ConfigDict, *, split: str, resolution: in
   if int(resolution) <= 0:
     raise ValueError(f"The evaluation resolution must be positive, got {resolution}.")
   source = source if source is not None else open_split(data, split)
-  process_index, process_count, device_count = _hosts(process_index, process_count,
-                                                      device_count)
-  local_batch = local_batch_size(global_batch_size, device_count=device_count,
-                                 process_count=process_count)
-  make_batch = _EvalBatch(source, int(resolution), local_batch, global_batch_size, process_index)
-  ds = grain.MapDataset.range(eval_steps(len(source), global_batch_size)).map(make_batch)
-  return iter(ds.to_iter_dataset(pipeline._read_options(0, threads)))
+  host = batching.HostSlice.create(global_batch_size, process_index=process_index,
+                                   process_count=process_count, device_count=device_count)
+  make_batch = _EvalBatch(source, int(resolution), host)
+  return batching.iterate(make_batch, eval_steps(len(source), global_batch_size),
+                          threads=threads)

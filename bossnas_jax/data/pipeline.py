@@ -5,7 +5,7 @@ Randomness (docs/method.md#d8): the order of epoch e of block b is a permutation
 (seed, b, e, p). Data order and views therefore differ per block and per epoch, are reproducible
 from the seed, and do not depend on the number of hosts or workers. Each global batch is the next
 `global_batch_size` positions of the epoch's order; host h takes its contiguous slice of it
-(`to_global` puts the slices back together as one array sharded over the ('data',) mesh). Every
+(`batching.to_global` puts the slices back together as one array sharded over the devices). Every
 batch is full: the last partial batch of an epoch is dropped.
 
 Batches are per-host numpy dicts {'views': uint8 (local_batch, V, R, R, 3), 'label': int32
@@ -22,12 +22,11 @@ import math
 from collections.abc import Iterator, Sequence
 
 import grain
-import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from bossnas_jax.data import host_augment, sources
+from bossnas_jax.data import batching, host_augment, sources
 
 # Stream ids, folded into every seed so that the three uses never share random numbers.
 TRAIN, RATING, CALIBRATION = 0, 1, 2
@@ -41,28 +40,6 @@ def epoch_seed(seed: int, block: int, epoch: int) -> int:
 def epoch_order(num_images: int, seed: int, block: int, epoch: int) -> np.ndarray:
   """The permutation of 0..num_images-1 that epoch `epoch` of block `block` reads."""
   return np.random.default_rng(epoch_seed(seed, block, epoch)).permutation(num_images)
-
-
-def steps_per_epoch(num_images: int, global_batch_size: int) -> int:
-  """Full global batches per epoch (the remainder is dropped)."""
-  steps = num_images // global_batch_size
-  if steps == 0:
-    raise ValueError(f"The global batch of {global_batch_size} images is larger than the "
-                     f"{num_images} images of the training split.")
-  return steps
-
-
-def local_batch_size(global_batch_size: int, *, device_count: int, process_count: int) -> int:
-  """Images per host in each global batch; a clear error unless the batch divides the devices."""
-  if global_batch_size <= 0 or global_batch_size % device_count:
-    raise ValueError(
-        f"The global batch size {global_batch_size} must be a positive multiple of the number of "
-        f"devices ({device_count}): every device takes the same number of images. Change "
-        f"config.train.batch_size (or rating.batch_size) or the number of devices.")
-  if global_batch_size % process_count:
-    raise ValueError(f"The global batch size {global_batch_size} does not divide over "
-                     f"{process_count} hosts.")
-  return global_batch_size // process_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,20 +65,13 @@ class ViewSpec:
                                    ratio=self.crop_ratio)
 
 
-def open_split(data: ml_collections.ConfigDict, split: str) -> sources.ImageSource:
-  """Opens `split` of the configured data set (config.data.name / data_dir)."""
-  return sources.open_source(data.name, split, data.data_dir)
-
-
 class _TrainBatch:
   """Batch k of a host's training stream -> {'views', 'label'} (a grain map over batch indices)."""
 
   def __init__(self, source, spec: ViewSpec, *, seed: int, block: int, steps: int,
-               local_batch: int, global_batch: int, process_index: int, first_epoch: int):
+               host: batching.HostSlice, first_epoch: int):
     self.source, self.spec, self.seed, self.block = source, spec, seed, block
-    self.steps, self.local_batch, self.global_batch = steps, local_batch, global_batch
-    self.offset = process_index * local_batch
-    self.first_epoch = first_epoch
+    self.steps, self.host, self.first_epoch = steps, host, first_epoch
     self._order = (None, None)  # (epoch, permutation) of the last epoch read.
 
   def order(self, epoch: int) -> np.ndarray:
@@ -115,32 +85,14 @@ class _TrainBatch:
     epoch, step = divmod(int(index), self.steps)
     epoch += self.first_epoch
     order = self.order(epoch)
-    views = np.empty((self.local_batch, self.spec.num_views, self.spec.resolution,
-                      self.spec.resolution, 3), np.uint8)
-    labels = np.empty((self.local_batch,), np.int32)
-    first = step * self.global_batch + self.offset
-    items = self.source.read(order[first:first + self.local_batch])
-    for j, (image, label) in enumerate(items):
+    positions = self.host.positions(step, len(order))
+    r = self.spec.resolution
+    views = np.empty((len(positions), self.spec.num_views, r, r, 3), np.uint8)
+    labels = np.empty((len(positions),), np.int32)
+    for j, (image, label) in enumerate(self.source.read(order[positions.start:positions.stop])):
       labels[j] = label
-      views[j] = self.spec.views(image, (self.seed, TRAIN, self.block, epoch, first + j))
+      views[j] = self.spec.views(image, (self.seed, TRAIN, self.block, epoch, positions[j]))
     return {"views": views, "label": labels}
-
-
-def _read_options(worker_count: int, threads: int | None) -> grain.ReadOptions:
-  # Elements are whole batches: a few in flight is enough, and bounds the memory.
-  threads = threads if threads is not None else (2 if worker_count == 0 else 1)
-  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, threads))
-
-
-def _multiprocess(ds: grain.IterDataset, worker_count: int) -> grain.IterDataset:
-  if worker_count <= 0:
-    return ds
-  from absl import flags  # Grain's worker processes read absl flags (google/grain#1355).
-
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
-  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=1))
 
 
 def train_iterator(data: ml_collections.ConfigDict, *, resolution: int, seed: int, block: int,
@@ -155,39 +107,32 @@ def train_iterator(data: ml_collections.ConfigDict, *, resolution: int, seed: in
   0..num_pairs-1 for pipeline 1 and the rest for pipeline 2 (the host part is the same for both).
   `source` defaults to config.data.train_split; processes and devices default to JAX's.
   """
-  source = source if source is not None else open_split(data, data.train_split)
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  device_count = jax.device_count() if device_count is None else device_count
-  worker_count = int(data.worker_count) if worker_count is None else worker_count
-  local_batch = local_batch_size(global_batch_size, device_count=device_count,
-                                 process_count=process_count)
-  steps = steps_per_epoch(len(source), global_batch_size)
+  source = source if source is not None else batching.open_split(data, data.train_split)
+  host = batching.HostSlice.create(global_batch_size, process_index=process_index,
+                                   process_count=process_count, device_count=device_count)
+  steps = batching.steps_per_epoch(len(source), global_batch_size)
   spec = ViewSpec.from_config(data, resolution, 2 * int(data.num_pairs))
-  make_batch = _TrainBatch(source, spec, seed=seed, block=block, steps=steps,
-                           local_batch=local_batch, global_batch=global_batch_size,
-                           process_index=process_index, first_epoch=first_epoch)
-  ds = grain.MapDataset.range(num_epochs * steps).map(make_batch)
-  ds = ds.to_iter_dataset(_read_options(worker_count, threads))
-  return iter(_multiprocess(ds, worker_count))
+  make_batch = _TrainBatch(source, spec, seed=seed, block=block, steps=steps, host=host,
+                           first_epoch=first_epoch)
+  worker_count = int(data.worker_count) if worker_count is None else worker_count
+  return batching.iterate(make_batch, num_epochs * steps, worker_count=worker_count,
+                          threads=threads)
 
 
 class _FixedBatch:
   """Batch k of a fixed image list with 2 views each; positions past the list are masked out."""
 
   def __init__(self, source, indices: np.ndarray, spec: ViewSpec, seed_prefix: tuple[int, ...],
-               local_batch: int, global_batch: int, process_index: int):
+               host: batching.HostSlice):
     self.source, self.indices, self.spec, self.seed_prefix = source, indices, spec, seed_prefix
-    self.local_batch, self.global_batch = local_batch, global_batch
-    self.offset = process_index * local_batch
+    self.host = host
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
-    shape = (self.local_batch, self.spec.num_views, self.spec.resolution, self.spec.resolution, 3)
-    views = np.zeros(shape, np.uint8)
-    labels = np.zeros((self.local_batch,), np.int32)
-    mask = np.zeros((self.local_batch,), bool)
-    first = int(index) * self.global_batch + self.offset
-    positions = range(first, min(first + self.local_batch, len(self.indices)))
+    r, local = self.spec.resolution, self.host.local_batch
+    views = np.zeros((local, self.spec.num_views, r, r, 3), np.uint8)
+    labels = np.zeros((local,), np.int32)
+    mask = np.zeros((local,), bool)
+    positions = self.host.positions(index, len(self.indices))
     items = self.source.read([self.indices[p] for p in positions])
     for j, (position, (image, label)) in enumerate(zip(positions, items)):
       labels[j] = label
@@ -211,9 +156,7 @@ class FixedViewSet:
   indices: np.ndarray
   spec: ViewSpec
   seed_prefix: tuple[int, ...]
-  global_batch_size: int
-  local_batch_size: int
-  process_index: int
+  host: batching.HostSlice
   mesh: Mesh | None = None
   threads: int = 2
 
@@ -222,28 +165,23 @@ class FixedViewSet:
     return len(self.indices)
 
   def __len__(self) -> int:
-    return math.ceil(len(self.indices) / self.global_batch_size)
+    return math.ceil(len(self.indices) / self.host.global_batch)
 
   def __iter__(self) -> Iterator[dict]:
-    make_batch = _FixedBatch(self.source, self.indices, self.spec, self.seed_prefix,
-                             self.local_batch_size, self.global_batch_size, self.process_index)
-    ds = grain.MapDataset.range(len(self)).map(make_batch)
-    for batch in ds.to_iter_dataset(_read_options(0, self.threads)):
-      yield to_global(batch, self.mesh) if self.mesh is not None else batch
+    make_batch = _FixedBatch(self.source, self.indices, self.spec, self.seed_prefix, self.host)
+    for batch in batching.iterate(make_batch, len(self), threads=self.threads):
+      yield batching.to_global(batch, self.mesh) if self.mesh is not None else batch
 
 
 def _fixed_set(data, source, indices, *, resolution, seed_prefix, global_batch_size, mesh,
                process_index, process_count, device_count) -> FixedViewSet:
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if device_count is None:
-    device_count = mesh.devices.size if mesh is not None else jax.device_count()
-  local_batch = local_batch_size(global_batch_size, device_count=device_count,
-                                 process_count=process_count)
+  if device_count is None and mesh is not None:
+    device_count = mesh.devices.size
+  host = batching.HostSlice.create(global_batch_size, process_index=process_index,
+                                   process_count=process_count, device_count=device_count)
   return FixedViewSet(source=source, indices=np.asarray(indices, np.int64),
                       spec=ViewSpec.from_config(data, resolution, 2), seed_prefix=seed_prefix,
-                      global_batch_size=global_batch_size, local_batch_size=local_batch,
-                      process_index=process_index, mesh=mesh)
+                      host=host, mesh=mesh)
 
 
 def rating_set(data: ml_collections.ConfigDict, *, resolution: int, seed: int, rating_index: int,
@@ -254,7 +192,7 @@ def rating_set(data: ml_collections.ConfigDict, *, resolution: int, seed: int, r
   """Every image of config.data.rating_split (docs/method.md#d11: by default training images that
   block training never sees), in order, with views drawn from (seed, rating_index, image
   position)."""
-  source = source if source is not None else open_split(data, data.rating_split)
+  source = source if source is not None else batching.open_split(data, data.rating_split)
   return _fixed_set(data, source, np.arange(len(source)), resolution=resolution,
                     seed_prefix=(seed, RATING, rating_index), global_batch_size=global_batch_size,
                     mesh=mesh, process_index=process_index, process_count=process_count,
@@ -269,7 +207,7 @@ def calibration_set(data: ml_collections.ConfigDict, *, resolution: int, seed: i
   """config.data.calibration_images fixed training images (docs/method.md#d6), the same for the
   whole run: the first ones of a permutation of the training split seeded with `seed`, with fixed
   views."""
-  source = source if source is not None else open_split(data, data.train_split)
+  source = source if source is not None else batching.open_split(data, data.train_split)
   count = int(data.calibration_images)
   if count > len(source):
     raise ValueError(f"config.data.calibration_images = {count} is more than the {len(source)} "
@@ -280,16 +218,3 @@ def calibration_set(data: ml_collections.ConfigDict, *, resolution: int, seed: i
                     seed_prefix=(seed, CALIBRATION), global_batch_size=global_batch_size,
                     mesh=mesh, process_index=process_index, process_count=process_count,
                     device_count=device_count)
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh with axis 'data' over `devices` (default: all devices of all hosts)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), ("data",))
-
-
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles every host's slice of a batch into global arrays sharded over mesh axis 'data'."""
-  sharding = NamedSharding(mesh, PartitionSpec("data"))
-  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for key, value in batch.items()}

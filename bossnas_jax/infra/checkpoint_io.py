@@ -118,7 +118,11 @@ def check_file_manifest(step_dir: str) -> list[str]:
 
 
 def _manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  # Synchronous: `save` waits for the commit anyway, and Orbax's asynchronous commit measures its
+  # time limit in wall time, so a process suspended during a commit (Ctrl-Z, a paused VM) died
+  # with "TimeoutError: ChainedFuture ... timed out" when it continued.
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         enable_async_checkpointing=False)
   return ocp.CheckpointManager(files.absolute(directory), options=options)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import tqdm
 
 from bossnas_jax import search_space as ss
-from bossnas_jax.data import device_augment, pipeline
+from bossnas_jax.data import batching, device_augment, pipeline
 from bossnas_jax.infra import checkpoint_io, errors, files, interrupt, parallel
 from bossnas_jax.models import siamese
 from bossnas_jax.train import lars as lars_lib
@@ -64,7 +64,7 @@ class Run:
   def create(cls, config, workdir: str) -> Run:
     dims = ss.Dims(float(config.model.width_multiplier), int(config.model.resolution),
                    int(config.model.dim_head))
-    source = pipeline.open_split(config.data, config.data.train_split)
+    source = batching.open_split(config.data, config.data.train_split)
     return cls(config=config, workdir=workdir, mesh=parallel.data_mesh(), dims=dims,
                dtype=parallel.compute_dtype(config.model.compute_dtype),
                key=jax.random.key(int(config.seed), impl="rbg"), train_source=source)
@@ -82,7 +82,7 @@ class Run:
 
   @property
   def micro_per_epoch(self) -> int:
-    return pipeline.steps_per_epoch(len(self.train_source), int(self.config.train.batch_size))
+    return batching.steps_per_epoch(len(self.train_source), int(self.config.train.batch_size))
 
   @property
   def optimizer_steps(self) -> int:
