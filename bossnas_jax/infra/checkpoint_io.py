@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bossnas_jax.infra import errors, files
+from bossnas_jax.infra import errors, files, parallel
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,26 @@ def restore(directory: str, step: int | None = None, abstract=None, *,
     raise CheckpointError(f"no valid checkpoint in {directory}:\n  " + "\n  ".join(errors))
   finally:
     mngr.close()
+
+
+def host_zeros(make_state):
+  """Numpy zeros shaped like `make_state()` (traced, never run): the `abstract` of a restore."""
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(make_state))
+
+
+def resume(directory: str, make_state, mesh) -> tuple[Any, dict, int] | None:
+  """(state replicated over `mesh`, meta, step) of the newest step of `directory` that verifies,
+  or None when there is no checkpoint yet. Newer steps that failed are set aside.
+
+  Restored to host memory and verified there, then placed: a sharded restore of a corrupt step
+  can leave a device's queue waiting on a failed transfer, which later deadlocks the collectives
+  of XLA:CPU's simulated devices.
+  """
+  if not all_steps(directory):
+    return None
+  state, meta, step = restore(directory, abstract=host_zeros(make_state))
+  set_aside_newer(directory, step)
+  return parallel.replicate(state, mesh), meta, step
 
 
 def set_aside_newer(directory: str, step: int) -> None:

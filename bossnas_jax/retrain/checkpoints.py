@@ -15,7 +15,6 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 
 from bossnas_jax.infra import checkpoint_io, files
 from bossnas_jax.models import bossnet
@@ -38,10 +37,9 @@ def is_retrain_dir(path: str) -> bool:
 
 def abstract_state(model: bossnet.BossNet, tx, resolution: int):
   """Host zeros shaped like a fresh TrainState (restores go to host memory, are verified there,
-  then placed; see train/loop.py for why)."""
-  shapes = jax.eval_shape(
+  then placed; see checkpoint_io.resume for why)."""
+  return checkpoint_io.host_zeros(
       lambda: state_lib.init_state(model, tx, jax.random.key(0, impl="rbg"), resolution))
-  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def save(workdir: str, state: state_lib.TrainState, meta: dict, keep: int) -> None:
@@ -54,11 +52,15 @@ def restore(workdir: str, model: bossnet.BossNet, tx, resolution: int):
   """(host TrainState, meta, step) of the newest step that verifies (older ones as fallback)."""
   host = abstract_state(model, tx, resolution)
   state, meta, step = checkpoint_io.restore(checkpoint_dir(workdir), abstract=host)
+  check_kind(workdir, meta, step)
+  return state, meta, step
+
+
+def check_kind(workdir: str, meta: dict, step: int) -> None:
   if meta.get("kind") != KIND:
     raise checkpoint_io.CheckpointError(
         f"{checkpoint_dir(workdir)} step {step} is not a retraining checkpoint "
         f"(kind {meta.get('kind')!r}); use a fresh --workdir.")
-  return state, meta, step
 
 
 def _newest_meta(directory: str, steps: list[int]) -> dict:

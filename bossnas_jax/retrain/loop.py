@@ -147,16 +147,16 @@ def _best(history: list[dict]) -> dict:
 def _restore_or_init(run: Run):
   """(replicated state, meta) from the newest verified checkpoint, or a fresh state."""
   directory = checkpoints.checkpoint_dir(run.workdir)
-  if checkpoint_io.all_steps(directory):
-    state, meta, step = checkpoints.restore(run.workdir, run.model, run.tx, run.resolution)
-    if meta.get("network") != run.network.to_dict():
-      raise errors.ConfigError(
-          f"{directory} step {step} holds another network; use a new --workdir.")
-    checkpoint_io.set_aside_newer(directory, step)
-    print(f"resumed from step {step} (epoch {meta['epoch']}) of {directory}", flush=True)
-    return parallel.replicate(state, run.mesh), meta
-  return parallel.replicate(run.init_state(), run.mesh), {"epoch": 0, "data": None,
-                                                           "history": []}
+  resumed = checkpoint_io.resume(directory, run.init_state, run.mesh)
+  if resumed is None:
+    return parallel.replicate(run.init_state(), run.mesh), {"epoch": 0, "data": None,
+                                                             "history": []}
+  state, meta, step = resumed
+  checkpoints.check_kind(run.workdir, meta, step)
+  if meta.get("network") != run.network.to_dict():
+    raise errors.ConfigError(f"{directory} step {step} holds another network; use a new --workdir.")
+  print(f"resumed from step {step} (epoch {meta['epoch']}) of {directory}", flush=True)
+  return state, meta
 
 
 def _finish(run: Run, state, history: list[dict]) -> dict:

@@ -115,21 +115,15 @@ def calibration_batch(config) -> int:
 
 def _restore_or_init(run: Run, trainer: step_lib.BlockTrainer, block: int):
   """(state, micro-batches done, data iterator state or None)."""
-  models = trainer.models
   key = jax.random.fold_in(run.key, block)
+  init = functools.partial(step_lib.init_state, trainer.models, key, trainer.optimizer)
   directory = run.block_dir(block)
-  init = functools.partial(step_lib.init_state, models, key, trainer.optimizer)
-  if checkpoint_io.all_steps(directory):
-    # Restored to host memory and verified there, then placed: a sharded restore of a corrupt
-    # step can leave a device's queue waiting on a failed transfer, which later deadlocks the
-    # collectives of XLA:CPU's simulated devices.
-    host = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(init))
-    state, meta, step = checkpoint_io.restore(directory, abstract=host)
-    state = parallel.replicate(state, run.mesh)
-    checkpoint_io.set_aside_newer(directory, step)
-    print(f"block {block}: resumed from optimizer step {step} ({directory})", flush=True)
-    return state, int(meta["micro"]), meta["data"]
-  return parallel.replicate(init(), run.mesh), 0, None
+  resumed = checkpoint_io.resume(directory, init, run.mesh)
+  if resumed is None:
+    return parallel.replicate(init(), run.mesh), 0, None
+  state, meta, step = resumed
+  print(f"block {block}: resumed from optimizer step {step} ({directory})", flush=True)
+  return state, int(meta["micro"]), meta["data"]
 
 
 def _save(run: Run, block: int, state, micro: int, data_state) -> None:
