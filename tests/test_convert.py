@@ -244,10 +244,12 @@ def test_cli_verified_checkpoint_and_export(tiny_t0, tmp_path, capsys):
   assert convert_cli.main(["export", out, npz2]) == 0
   a, b = convert.load_state_dict(npz), convert.load_state_dict(npz2)
   assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
-  # A model the file does not fit: exit code 2 and the reason, nothing written.
+  # A model the file does not fit: one line with the reason, exit status 1, nothing written.
   assert convert_cli.main(["import", npz, str(tmp_path / "x"), "--model", "bossnet_t0_nose",
-                       "--dim-head", "16"]) == 2
-  assert "SE modules" in capsys.readouterr().err
+                       "--dim-head", "16"]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("python -m bossnas_jax.convert: error: ") and "SE modules" in err
+  assert len(err.strip().splitlines()) == 1
   assert not os.path.exists(tmp_path / "x")
   # A flipped byte in an array's data is caught by the checksums.
   files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(out, "0", "state"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from bossnas_jax import search_space as ss
 from bossnas_jax.convert import keys
 from bossnas_jax.convert import state_dicts as sd_lib
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import cli, errors
 from bossnas_jax.models import bossnet_spec as bs
 from bossnas_jax.models import checkpoint
 
@@ -70,8 +69,11 @@ def export_checkpoint(ckpt_dir: str, out_path: str) -> int:
 # Command line.
 
 
+PROG = "python -m bossnas_jax.convert"
+
+
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m bossnas_jax.convert",
+  p = argparse.ArgumentParser(prog=PROG,
                               description=sd_lib.__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="command", required=True)
@@ -115,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     report = convert_file(args.input, args.output, args.model, key=args.key,
                           allow_pickle=args.allow_pickle, dim_head=args.dim_head, **config)
   except errors.UserError as e:  # Ours name the file and the fix: no traceback.
-    print(f"python -m bossnas_jax.convert: error: {e}", file=sys.stderr)
-    return 2
+    return cli.report(e, PROG)
   print(report.summary())
   if args.se == "no" and not args.act and args.model != SUPERNET:
     print("note: --se no kept the activation of --model; the official networks without SE "

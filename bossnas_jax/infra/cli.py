@@ -31,10 +31,15 @@ _HELP = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 
 
 def program_name() -> str:
-  """'launch/x.py' for a launch script, else the file name the interpreter ran."""
+  """'launch/x.py' for a launch script, 'python -m bossnas_jax.a.b' for a module of the package,
+  else the file name the interpreter ran."""
   path = sys.argv[0] if sys.argv and sys.argv[0] else "bossnas_jax"
   parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
   name = os.path.basename(path)
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  relative = os.path.relpath(os.path.abspath(path), os.path.dirname(package))
+  if relative.startswith("bossnas_jax" + os.sep) and relative.endswith(".py"):
+    return "python -m " + relative[:-3].replace(os.sep, ".").removesuffix(".__main__")
   return f"{parent}/{name}" if parent == "launch" else name
 
 
@@ -46,6 +51,15 @@ def fail(message: str, status: int = ERROR_STATUS, prog: str | None = None):
 
 def show_traceback() -> bool:
   return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+
+
+def report(error: BaseException, prog: str) -> int:
+  """For an argparse command (`python -m ...`) that returns its status: prints a project error as
+  `PROG: error: MESSAGE` and returns ERROR_STATUS (re-raises it under BOSSNAS_TRACEBACK=1)."""
+  if show_traceback():
+    raise error
+  print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+  return ERROR_STATUS
 
 
 # ------------------------------------------------------------------------------------------------

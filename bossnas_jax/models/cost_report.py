@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from collections.abc import Sequence
 
 from bossnas_jax import search_space as ss
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import cli, errors
 from bossnas_jax.models import bossnet_spec as bs
 from bossnas_jax.models import cost
 
@@ -97,8 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(network_report(args.arch, args.resolution, args.width_multiplier, args.num_classes,
                          args.dim_head))
   except (errors.UserError, ValueError) as e:
-    print(f"{p.prog}: error: {e}", file=sys.stderr)
-    return 1
+    return cli.report(e, p.prog)
   return 0
 
 

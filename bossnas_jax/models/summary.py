@@ -111,11 +111,13 @@ def print_summary(config: ml_collections.ConfigDict) -> None:
 
 
 def main() -> None:
-  from absl import app
+  """`python -m bossnas_jax.models.summary --config configs/hytra.py[:demo]`."""
   from ml_collections import config_flags
 
-  config = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-  app.run(lambda argv: print_summary(config.value))
+  from bossnas_jax.infra import cli
+
+  config = config_flags.DEFINE_config_file("config", "configs/hytra.py", "Experiment config file.")
+  cli.run(lambda argv: print_summary(config.value))
 
 
 if __name__ == "__main__":
