@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -197,24 +196,14 @@ def ground_truth(plan: Sequence[dict], results: Mapping[str, dict]) -> dict[str,
 # 3. Estimators (higher = predicted better).
 
 
-_HISTORY_NAME = re.compile(r"^block(\d+)_in(\d+)_epoch(\d+)\.json$")
-
-
 def _history_scores(workdir: str, which: str) -> dict[tuple[int, int], rt.Scores]:
   """Scores of every (block, input scale) from ratings/history: the 'first' or 'last' rating."""
-  folder = os.path.join(rt.ratings_dir(workdir), "history")
-  found: dict[tuple[int, int], tuple[int, str]] = {}
-  for name in files.listdir(folder):
-    m = _HISTORY_NAME.match(name)
-    if not m or m.group(2) not in ss.SCALE_NAMES:
-      continue  # not a rating history file
-    key = (int(m.group(1)), ss.SCALE_NAMES.index(m.group(2)))
-    e = int(m.group(3))
-    if key not in found or (e < found[key][0]) == (which == "first"):
-      found[key] = (e, name)
+  found = rt.history(workdir)
   if not found:
-    raise BenchmarkError(f"{folder} holds no rating history; is {workdir} a main job's workdir?")
-  return {k: rt.read_rank_file(os.path.join(folder, n)).scores for k, (_, n) in found.items()}
+    raise BenchmarkError(f"{rt.ratings_dir(workdir)} holds no rating history; is {workdir} a "
+                         f"main job's workdir?")
+  pick = min if which == "first" else max
+  return {k: rt.read_rank_file(epochs[pick(epochs)]).scores for k, epochs in found.items()}
 
 
 def _architecture_scores(scores: Mapping[tuple[int, int], rt.Scores],

@@ -5,8 +5,6 @@ toward its population centre, written to the rank files; also inside a block, af
 
 from __future__ import annotations
 
-import os
-
 import jax
 
 from bossnas_jax import search_space as ss
@@ -58,9 +56,7 @@ def rate_block(run: loop.Run, block: int, state: siamese.BlockState,
       path = rank_files.write_rank_file(run.workdir, block, s, prefix, scores, rating_index=block,
                                         epoch=epochs, num_images=rating_set.num_images,
                                         dims=run.dims)
-      history = os.path.join(rank_files.ratings_dir(run.workdir), "history")
-      name = os.path.basename(path).replace(".json", f"_epoch{epochs}.json")
-      files.copy(path, os.path.join(history, name))
+      files.copy(path, rank_files.history_path(run.workdir, block, s, epochs))
     population_centre.clear_progress(run.workdir, block, s)
     out[s] = scores
   return out

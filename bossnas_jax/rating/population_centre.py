@@ -174,11 +174,6 @@ def _unit_stats(block_stats: dict, unit: supernet.Unit) -> dict:
 # One rating of one (block, input scale), resumable per candidate.
 
 
-def _progress_path(workdir: str, block: int, in_scale: int) -> str:
-  return os.path.join(rank_files.ratings_dir(workdir), "partial",
-                      f"block{block}_in{ss.SCALE_NAMES[in_scale]}")
-
-
 # The progress of a rating is `<path>.json` (the candidates summed into the centre so far, the
 # scores so far, and the name of the centre's file) and `<path>.centre<k>.npz` (the sum over k
 # candidates). A centre file is written under a new name before the JSON that names it and the
@@ -232,7 +227,7 @@ def _remove_centres(path: str, keep: str | None = None) -> None:
 def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: int,
          progress_key: dict, desc: str = "") -> dict[ss.Path, float]:
   """Scores of every candidate of one (block, input scale); resumes from saved progress."""
-  path = _progress_path(workdir, block, rater.in_scale)
+  path = rank_files.progress_path(workdir, block, rater.in_scale)
   centred, centre_host, scores = _load_progress(path, progress_key)
   sharding = parallel.batch_sharded(rater.mesh)
   if centre_host is not None:
@@ -278,7 +273,7 @@ def rate(rater: Rater, candidates: Sequence[ss.Path], *, workdir: str, block: in
 
 def clear_progress(workdir: str, block: int, in_scale: int) -> None:
   if jax.process_index() == 0:
-    path = _progress_path(workdir, block, in_scale)
+    path = rank_files.progress_path(workdir, block, in_scale)
     files.remove(path + ".json")
     files.remove(path + ".npz")  # The fixed name of older progress files.
     _remove_centres(path)

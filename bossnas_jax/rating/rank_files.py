@@ -12,6 +12,10 @@ One JSON file per (block, input scale) at ``WORKDIR/ratings/block{b}_in{scale_na
 `prefix` is the frozen chain the block was rated on ('' for block 0, else one path per earlier
 block, '-'-separated, ending at `in_scale`). Candidates are sorted by score, lowest (best) first;
 `madds` / `params` are those of the supernet path (`cost.path_cost`), for reading only.
+
+Beside them: ``ratings/history/block{b}_in{scale}_epoch{e}.json``, a copy of every rating as it
+was written after epoch e of block training (how early the ranking settles), and
+``ratings/partial/``, the progress of a rating that has not finished (population_centre.py).
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from bossnas_jax.infra import errors, files
 from bossnas_jax.models import cost
 
 RATINGS_DIR = "ratings"
+HISTORY_DIR = "history"
+PARTIAL_DIR = "partial"
 _NAME = re.compile(r"^block(\d+)_in(\d+)\.json$")
+_HISTORY_NAME = re.compile(r"^block(\d+)_in(\d+)_epoch(\d+)\.json$")
 
 Scores = dict[ss.Path, float]
 
@@ -53,8 +60,35 @@ def ratings_dir(workdir: str) -> str:
   return os.path.join(workdir, RATINGS_DIR)
 
 
+def key_name(block: int, in_scale: int) -> str:
+  """'block1_in14': how files and folders of one (block, input scale) are named."""
+  return f"block{block}_in{ss.SCALE_NAMES[in_scale]}"
+
+
 def rank_file_name(block: int, in_scale: int) -> str:
-  return f"block{block}_in{ss.SCALE_NAMES[in_scale]}.json"
+  return f"{key_name(block, in_scale)}.json"
+
+
+def history_path(workdir: str, block: int, in_scale: int, epoch: int) -> str:
+  return os.path.join(ratings_dir(workdir), HISTORY_DIR,
+                      f"{key_name(block, in_scale)}_epoch{int(epoch)}.json")
+
+
+def history(workdir: str) -> dict[tuple[int, int], dict[int, str]]:
+  """{(block, in_scale): {epoch: path}} of every rating kept under ratings/history/."""
+  folder = os.path.join(ratings_dir(workdir), HISTORY_DIR)
+  out: dict[tuple[int, int], dict[int, str]] = {}
+  for name in files.listdir(folder) if files.isdir(folder) else []:
+    m = _HISTORY_NAME.match(name)
+    if m and m.group(2) in ss.SCALE_NAMES:
+      key = (int(m.group(1)), ss.SCALE_NAMES.index(m.group(2)))
+      out.setdefault(key, {})[int(m.group(3))] = os.path.join(folder, name)
+  return out
+
+
+def progress_path(workdir: str, block: int, in_scale: int) -> str:
+  """The stem of an unfinished rating's progress files (`.json` and its sums)."""
+  return os.path.join(ratings_dir(workdir), PARTIAL_DIR, key_name(block, in_scale))
 
 
 def rank_file_path(workdir: str, block: int, in_scale: int) -> str:
