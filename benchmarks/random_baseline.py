@@ -23,12 +23,12 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from bossnas_jax import search_space as ss
 from bossnas_jax.data import classification
-from bossnas_jax.infra import compile_cache, parallel
+from bossnas_jax.infra import cli, compile_cache, parallel
 from bossnas_jax.models import cost
 from bossnas_jax.retrain import loop
 from bossnas_jax.retrain import state as state_lib
@@ -94,8 +94,7 @@ def _accuracy(results: dict, metric: str) -> float:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+    cli.fail(f"unexpected arguments {argv[1:]}", cli.USAGE_STATUS)
   parallel.maybe_initialize_distributed()
   config, workdir = _CONFIG.value, _WORKDIR.value
   compile_cache.enable(os.path.join(workdir, "jax_cache"))
@@ -139,4 +138,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -25,11 +25,11 @@ import os
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from bossnas_jax.data import classification
-from bossnas_jax.infra import compile_cache, files, parallel
+from bossnas_jax.infra import cli, compile_cache, files, parallel
 from bossnas_jax.ranking_quality import protocol as rq
 from bossnas_jax.ranking_quality import proxies
 from bossnas_jax.rating import rank_files as rt
@@ -153,8 +153,7 @@ def write(out_path, settings, plan, results, naswot, wall, stored) -> dict:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+    cli.fail(f"unexpected arguments {argv[1:]}", cli.USAGE_STATUS)
   parallel.maybe_initialize_distributed()
   workdir, out_path = _WORKDIR.value, _OUT.value
   for flag in (_SEARCH, _LONG):
@@ -214,4 +213,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
