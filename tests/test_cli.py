@@ -113,3 +113,24 @@ def test_show_views_refuses_a_bad_index_image_or_out(tmp_path):
   line = _one_error_line(_run("launch/show_views.py", *config, f"--out={tmp_path}"), 1,
                          "launch/show_views.py")
   assert "give the path of a .png file" in line
+
+
+def test_cpu_collective_limits_are_raised_unless_the_user_set_them():
+  from bossnas_jax.infra import parallel
+
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  parallel.default_cpu_collective_timeouts(env)
+  limit = parallel.CPU_COLLECTIVE_TIMEOUT_S
+  assert env["XLA_FLAGS"].split() == [
+      "--xla_force_host_platform_device_count=8",
+      f"--xla_cpu_collective_timeout_seconds={limit}",
+      f"--xla_cpu_collective_call_terminate_timeout_seconds={limit}"]
+  # A value the user chose stays, and calling it again adds nothing.
+  env = {"XLA_FLAGS": "--xla_cpu_collective_call_terminate_timeout_seconds=5"}
+  parallel.default_cpu_collective_timeouts(env)
+  parallel.default_cpu_collective_timeouts(env)
+  assert env["XLA_FLAGS"].split() == ["--xla_cpu_collective_call_terminate_timeout_seconds=5",
+                                      f"--xla_cpu_collective_timeout_seconds={limit}"]
+  env = {}
+  parallel.default_cpu_collective_timeouts(env)
+  assert len(env["XLA_FLAGS"].split()) == 2

@@ -9,6 +9,8 @@ names the input and the fix) prints `PROG: error: MESSAGE` on stderr and exits w
 a bad command line); `--help` prints the script's doc and flags and exits 0. Set
 BOSSNAS_TRACEBACK=1 to see the traceback of a project error (for a bug report); any other exception
 keeps its traceback. Ctrl-C prints one line saying that rerunning the same command resumes.
+On the CPU backend it also gives XLA's collectives a longer limit before the job starts
+(`parallel.default_cpu_collective_timeouts`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from bossnas_jax.infra import errors
+from bossnas_jax.infra import errors, parallel
 
 TRACEBACK_ENV = "BOSSNAS_TRACEBACK"
 USAGE_STATUS, ERROR_STATUS, INTERRUPTED_STATUS = 2, 1, 130
@@ -197,4 +199,5 @@ def run(main: Callable[[list[str]], Any]) -> None:
     if isinstance(status, int) and status:
       sys.exit(status)
 
+  parallel.default_cpu_collective_timeouts()
   app.run(guarded, flags_parser=parse_flags)

@@ -35,6 +35,25 @@ REPLICATED = P()
 BATCH = P(AXIS)
 
 
+# How long XLA:CPU lets a collective wait for a device or host that is late, in seconds. Its own
+# limits (40 s before it terminates the process) are shorter than the minute a 2-core machine can
+# spend compiling a block's programs while the simulated devices' programs wait, so a busy machine
+# could abort a healthy run. Only the CPU backend reads these flags.
+CPU_COLLECTIVE_TIMEOUT_S = 600
+_CPU_COLLECTIVE_FLAGS = ("xla_cpu_collective_timeout_seconds",
+                         "xla_cpu_collective_call_terminate_timeout_seconds")
+
+
+def default_cpu_collective_timeouts(environ=os.environ) -> None:
+  """Adds CPU_COLLECTIVE_TIMEOUT_S for each XLA:CPU collective limit that XLA_FLAGS does not set
+  already. XLA reads XLA_FLAGS when the backend starts, so call this before any computation."""
+  current = environ.get("XLA_FLAGS", "")
+  extra = [f"--{name}={CPU_COLLECTIVE_TIMEOUT_S}" for name in _CPU_COLLECTIVE_FLAGS
+           if f"--{name}=" not in current]
+  if extra:
+    environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+
+
 def maybe_initialize_distributed() -> None:
   """Joins a multi-host job when the environment describes one, else does nothing.
 
