@@ -37,6 +37,12 @@ def epoch_seed(seed: int, block: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, TRAIN, block, epoch]).generate_state(1)[0])
 
 
+def train_view_seed(seed: int, block: int, epoch: int, position: int) -> tuple[int, ...]:
+  """The seed words of the host-part views of the image at `position` of epoch `epoch`'s order of
+  block `block` (docs/method.md#d8)."""
+  return (seed, TRAIN, block, epoch, int(position))
+
+
 def epoch_order(num_images: int, seed: int, block: int, epoch: int) -> np.ndarray:
   """The permutation of 0..num_images-1 that epoch `epoch` of block `block` reads."""
   return np.random.default_rng(epoch_seed(seed, block, epoch)).permutation(num_images)
@@ -91,7 +97,8 @@ class _TrainBatch:
     labels = np.empty((len(positions),), np.int32)
     for j, (image, label) in enumerate(self.source.read(order[positions.start:positions.stop])):
       labels[j] = label
-      views[j] = self.spec.views(image, (self.seed, TRAIN, self.block, epoch, positions[j]))
+      views[j] = self.spec.views(image, train_view_seed(self.seed, self.block, epoch,
+                                                           positions[j]))
     return {"views": views, "label": labels}
 
 

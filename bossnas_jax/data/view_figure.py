@@ -32,7 +32,7 @@ def augmented_views(data: ml_collections.ConfigDict, resolution: int, image, see
   image at position `index`."""
   num_views = 2 * int(data.num_pairs)
   spec = pipeline.ViewSpec.from_config(data, resolution, num_views)
-  views = spec.views(image, (seed, pipeline.TRAIN, 0, 0, index))
+  views = spec.views(image, pipeline.train_view_seed(seed, 0, 0, index))
   key = jax.random.key(seed)
   probs = dict(blur_prob=tuple(data.blur_prob), solarize_prob=tuple(data.solarize_prob))
   out = device_augment.device_augment(key, views[None], **probs)[0]

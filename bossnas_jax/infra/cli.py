@@ -45,9 +45,14 @@ def program_name() -> str:
   return f"{parent}/{name}" if parent == "launch" else name
 
 
+def say_error(message, prog: str | None = None) -> None:
+  """Prints `PROG: error: MESSAGE` on stderr."""
+  print(f"{prog or program_name()}: error: {message}", file=sys.stderr, flush=True)
+
+
 def fail(message: str, status: int = ERROR_STATUS, prog: str | None = None):
   """Prints `PROG: error: MESSAGE` on stderr and exits with `status`."""
-  print(f"{prog or program_name()}: error: {message}", file=sys.stderr, flush=True)
+  say_error(message, prog)
   sys.exit(status)
 
 
@@ -60,7 +65,7 @@ def report(error: BaseException, prog: str) -> int:
   `PROG: error: MESSAGE` and returns ERROR_STATUS (re-raises it under BOSSNAS_TRACEBACK=1)."""
   if show_traceback():
     raise error
-  print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+  say_error(error, prog)
   return ERROR_STATUS
 
 
