@@ -2,6 +2,7 @@ r"""Rate any architectures from the rank files of a (finished or partly finished
 
   python launch/rate.py --workdir runs/demo 4444-3323-2222-3332 5433-3230-0010-0000
   python launch/rate.py --workdir runs/demo --archs runs/demo/architecture.json --json rated.json
+  python launch/rate.py --workdir runs/demo runs/demo/architecture.json 5433-3230-0010-0000
 
 For each architecture: its block scores, its total score (lower is better, the search's sum), its
 exact rank and percentile among every rated architecture of the space, and the MAdds and
@@ -30,7 +31,9 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv) -> int:
-  archs = list(argv[1:])  # The architecture strings after the flags.
+  archs = []
+  for arg in argv[1:]:  # Architecture strings after the flags; a file given so is read as --archs.
+    archs += population.read_architecture_list(arg) if files.exists(arg) else [arg]
   if _ARCHS.value:
     archs += population.read_architecture_list(_ARCHS.value)
   if not archs:

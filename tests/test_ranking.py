@@ -92,9 +92,11 @@ def test_launch_rate_prints_every_architecture_and_writes_json(tmp_path):
   listing = tmp_path / "archs.txt"
   listing.write_text(f"# two architectures\n{ss.BOSSNET_T0}\n\n5433-1230-0010-0000\n")
   out_json = tmp_path / "rated.json"
+  chosen_json = tmp_path / "chosen.json"  # A file as an argument is read as --archs is.
+  chosen_json.write_text(json.dumps({"architecture": chosen}))
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "rate.py"), "--workdir", str(tmp_path),
-       "--resolution", "32", chosen, "--archs", str(listing), "--json", str(out_json)],
+       "--resolution", "32", str(chosen_json), "--archs", str(listing), "--json", str(out_json)],
       capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1, proc.stderr  # one architecture is malformed
   lines = proc.stdout.splitlines()

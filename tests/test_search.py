@@ -14,6 +14,7 @@ import pytest
 from bossnas_jax import search_space as ss
 from bossnas_jax.models import cost
 from bossnas_jax.rating import rank_files as rt
+from bossnas_jax.search import export
 from bossnas_jax.search import problem as sp
 from bossnas_jax.search import strategies as sr
 
@@ -429,6 +430,11 @@ def test_exhaustive_and_evolution_with_a_latency_budget(small, tmp_path):
     assert got.chosen.latency_ms <= ml
     evo = sr.search(problem, dataclasses_replace(st, strategy="evolution", seed=2))
     assert evo.within_budget and evo.chosen.latency_ms <= ml
+  # The Pareto plot gains a panel of score against predicted latency (two panels: wider).
+  from PIL import Image
+  png = export.plot_pareto(str(tmp_path / "pareto.png"), got, problem, cloud=50)
+  width, height = Image.open(png).size
+  assert width > 2 * height
   with pytest.raises(sp.SearchError, match=r"lowest predicted latency .* ms.*--max_latency_ms"):
     sr.search(problem, sp.SearchSettings(max_latency_ms=lat[0] * 0.9, latency_table=table))
 

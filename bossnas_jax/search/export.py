@@ -185,8 +185,9 @@ def sample_architectures(problem: sp.Problem, n: int, seed: int = 0) -> list[sp.
 def plot_pareto(path: str, result: sr.SearchResult, problem: sp.Problem,
                 cloud: int = 3000) -> str:
   st = result.settings
-  fig = figure(9, 6)
-  ax = fig.add_subplot()
+  with_latency = result.chosen.latency_ms is not None
+  fig = figure(16 if with_latency else 9, 6)
+  ax = fig.add_subplot(1, 2, 1) if with_latency else fig.add_subplot()
   others = sample_architectures(problem, cloud, st.seed)
   ax.scatter([e.cost.madds / 1e9 for e in others], [e.score for e in others], s=6,
              color="0.75", alpha=0.5, linewidths=0, label=f"random architectures ({len(others)})",
@@ -198,7 +199,8 @@ def plot_pareto(path: str, result: sr.SearchResult, problem: sp.Problem,
   ok = np.array([st.max_params is None or e.cost.params <= st.max_params for e in front])
   sc = ax.scatter(fm[ok], fs[ok], c=fp[ok], cmap="viridis", s=28, edgecolors="k",
                   linewidths=0.4, vmin=fp.min(), vmax=fp.max(),
-                  label=f"Pareto front (score, MAdds, params): {len(front)}", zorder=3)
+                  label=f"Pareto front (score, MAdds, params{', latency' if with_latency else ''}): "
+                  f"{len(front)}", zorder=3)
   if (~ok).any():
     ax.scatter(fm[~ok], fs[~ok], c=fp[~ok], cmap="viridis", s=28, marker="X",
                vmin=fp.min(), vmax=fp.max(), linewidths=0.4, edgecolors="k",
@@ -243,8 +245,32 @@ def plot_pareto(path: str, result: sr.SearchResult, problem: sp.Problem,
     if text.get_text().startswith(("Pareto", "front")):  # Not the colour of one point.
       handle.set_array(None)
       handle.set_facecolor(sc.cmap(0.5))
+  if with_latency:
+    _latency_panel(fig.add_subplot(1, 2, 2, sharey=ax), result, others)
   fig.tight_layout()
   return save_figure(fig, path)
+
+
+def _latency_panel(ax, result: sr.SearchResult, others: list[sp.Evaluated]) -> None:
+  """Score against the latency the table predicts (docs/method.md#latency), with its budget."""
+  st, c = result.settings, result.chosen
+  ax.scatter([e.latency_ms for e in others], [e.score for e in others], s=6, color="0.75",
+             alpha=0.5, linewidths=0, label=f"random architectures ({len(others)})", zorder=1)
+  front = [e for e in result.front if e.latency_ms is not None]
+  ax.scatter([e.latency_ms for e in front], [e.score for e in front], s=28, color="tab:blue",
+             edgecolors="k", linewidths=0.4, label=f"Pareto front: {len(front)}", zorder=3)
+  if st.max_latency_ms:
+    ax.axvline(st.max_latency_ms, color="tab:red", ls="--", lw=1.2,
+               label=f"latency budget {st.max_latency_ms:g} ms", zorder=2)
+  ax.scatter([c.latency_ms], [c.score], marker="*", s=320, color="tab:red", edgecolors="k",
+             linewidths=0.8, zorder=5, label=f"chosen: {c.architecture}, {c.latency_ms:.2f} ms")
+  header = result.latency_header or {}
+  on = ", ".join(str(header[k]) for k in ("device_kind", "dtype") if k in header)
+  ax.set_xlabel(f"predicted latency (ms, batch {st.latency_batch}{', ' + on if on else ''}; "
+                "the table's sum)")
+  ax.set_title("Score against predicted latency")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
 
 
 def plot_block_scores(path: str, problem: sp.Problem, chosen: sp.Evaluated) -> str:
