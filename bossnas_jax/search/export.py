@@ -197,10 +197,10 @@ def plot_pareto(path: str, result: sr.SearchResult, problem: sp.Problem,
   fs = np.array([e.score for e in front])
   fp = np.array([e.cost.params / 1e6 for e in front])
   ok = np.array([st.max_params is None or e.cost.params <= st.max_params for e in front])
+  objectives = "score, MAdds, params" + (", latency" if with_latency else "")
   sc = ax.scatter(fm[ok], fs[ok], c=fp[ok], cmap="viridis", s=28, edgecolors="k",
                   linewidths=0.4, vmin=fp.min(), vmax=fp.max(),
-                  label=f"Pareto front (score, MAdds, params{', latency' if with_latency else ''}): "
-                  f"{len(front)}", zorder=3)
+                  label=f"Pareto front ({objectives}): {len(front)}", zorder=3)
   if (~ok).any():
     ax.scatter(fm[~ok], fs[~ok], c=fp[~ok], cmap="viridis", s=28, marker="X",
                vmin=fp.min(), vmax=fp.max(), linewidths=0.4, edgecolors="k",
