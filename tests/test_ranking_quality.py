@@ -3,12 +3,14 @@ the NASWOT proxy on a tiny BossNet."""
 
 import dataclasses
 import json
+import math
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 from test_ranking import _write_run
 
 from bossnas_jax import search_space as ss
@@ -150,9 +152,43 @@ def test_ceiling_compares_two_independent_ground_truths(population):
   table = rq.markdown_table(s)
   assert "ceiling: mean of seeds 0-1 against mean of seeds 2-3 (4 networks)" in table
   assert "one-seed ceiling: seed 0 against seed 1 (8 networks)" in table
+  assert s["variance_components"]["networks"] == 8  # seeds 0 and 1 of every network
+  assert "reliability" in table
   # Unfinished ceiling networks do not count.
   partial = {k: v for k, v in results.items() if not k.endswith("_s3")}
   assert "noise_ceiling" not in rq.summarize(plan, partial, {}, samples=50)
+
+
+def test_variance_components_separate_networks_seeds_and_noise():
+  # No residual: networks 0, 1, 2 points apart, seed 1 one point lower for all of them.
+  gt = {f"n{i}": {0: 80.0 + i, 1: 79.0 + i, 2: 80.5 + i} for i in range(3)}
+  v = rq.variance_components(gt, seeds_per_measurement=2)
+  assert v["networks"] == 3 and v["seeds"] == [0, 1]
+  assert v["seed_effects"] == {"0": pytest.approx(0.5), "1": pytest.approx(-0.5)}
+  assert v["noise_sd"] == pytest.approx(0.0, abs=1e-9)
+  assert v["network_sd"] == pytest.approx(1.0)  # the sd of 0, 1, 2
+  assert v["reliability"] == pytest.approx(1.0) and v["predicted_ceiling_tau"] == pytest.approx(1)
+  # Hand-computed with a residual: x = [[0, 2], [2, 0], [4, 4]] -> grand 2, network effects
+  # -1, -1, 2 (MS 2 * 6 / 2 = 6), seed effects 0, residual +-1 (MS 4 / 2 = 2): network variance
+  # (6 - 2) / 2 = 2; one seed per measurement: r = 2 / (2 + 2) = 0.5, tau (2/pi) asin 0.5 = 1/3.
+  v = rq.variance_components({"a": {0: 0, 1: 2}, "b": {0: 2, 1: 0}, "c": {0: 4, 1: 4}}, 1)
+  assert v["noise_sd"] == pytest.approx(math.sqrt(2)) and v["network_sd"] == pytest.approx(
+      math.sqrt(2))
+  assert v["reliability"] == pytest.approx(0.5)
+  assert v["predicted_ceiling_tau"] == pytest.approx(1 / 3)
+  assert v["predicted_best_estimator_tau"] == pytest.approx(0.5)  # (2/pi) asin(sqrt .5)
+  # Simulated: the decomposition recovers the generating sds, and the predicted ceiling matches
+  # the tau of two independent 2-seed measurements.
+  rng = np.random.default_rng(0)
+  n = 400
+  true = rng.normal(0, 0.3, n)
+  x = true[:, None] + np.array([0.3, -0.6, 0.2, 0.1]) + rng.normal(0, 0.4, (n, 4))
+  v = rq.variance_components({str(i): dict(enumerate(x[i])) for i in range(n)}, 2)
+  assert v["network_sd"] == pytest.approx(0.3, abs=0.04)
+  assert v["noise_sd"] == pytest.approx(0.4, abs=0.03)
+  measured = scipy.stats.kendalltau(x[:, :2].mean(1), x[:, 2:].mean(1)).statistic
+  assert v["predicted_ceiling_tau"] == pytest.approx(measured, abs=0.06)
+  assert rq.variance_components({"a": {0: 1.0, 1: 2.0}}, 2) is None  # fewer than 3 networks
 
 
 def test_a_benchmark_stored_before_seeds_existed_resumes_with_more_seeds():

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from bossnas_jax.data import sources
-from bossnas_jax.infra import parallel
+from bossnas_jax.infra import errors, parallel
 
 
 def open_split(data: ml_collections.ConfigDict, split: str) -> sources.ImageSource:
@@ -27,12 +27,14 @@ def open_split(data: ml_collections.ConfigDict, split: str) -> sources.ImageSour
   return sources.open_source(data.name, split, data.data_dir)
 
 
-def steps_per_epoch(num_images: int, global_batch_size: int) -> int:
+def steps_per_epoch(num_images: int, global_batch_size: int,
+                    split: str = "the training split") -> int:
   """Full global batches per epoch (the remainder is dropped)."""
   steps = num_images // global_batch_size
   if steps == 0:
-    raise ValueError(f"The global batch of {global_batch_size} images is larger than the "
-                     f"{num_images} images of the training split.")
+    raise errors.ConfigError(
+        f"config.train.batch_size = {global_batch_size} is larger than the {num_images} images "
+        f"of {split}; lower it or use a larger split.")
   return steps
 
 

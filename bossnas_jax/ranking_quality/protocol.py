@@ -273,6 +273,38 @@ def ceiling_halves(row: dict, top1: Mapping[int, float]) -> tuple[float, float] 
           float(np.mean([top1[s] for s in seeds[half:]])))
 
 
+def variance_components(gt: Mapping[str, Mapping[int, float]], seeds_per_measurement: int,
+                        seeds: Sequence[int] = (0, 1)) -> dict | None:
+  """How far apart the networks are against one training's noise: a two-way decomposition
+  (network x seed, one training per cell) of the top-1 of every network trained with all `seeds`.
+
+  A seed moves every network alike (its data order and augmentation are shared), which leaves
+  their order alone; the network-by-seed residual is the noise of one training. With the networks'
+  own variance s_n^2 and the residual's s_e^2, a ground truth averaged over m seeds has the
+  reliability r = s_n^2 / (s_n^2 + s_e^2 / m): under a normal model two such measurements agree
+  with Kendall tau (2/pi) arcsin r (what the measured noise ceiling estimates), and a perfect
+  estimator reaches (2/pi) arcsin sqrt(r) against one of them. None below 3 networks."""
+  x = np.array([[v[s] for s in seeds] for v in gt.values() if all(s in v for s in seeds)],
+               np.float64)
+  if len(seeds) < 2 or x.shape[0] < 3:
+    return None
+  n, k = x.shape
+  grand = x.mean()
+  net, seed = x.mean(1) - grand, x.mean(0) - grand
+  residual = x - grand - net[:, None] - seed[None, :]
+  ms_residual = float((residual ** 2).sum()) / ((n - 1) * (k - 1))
+  ms_network = k * float((net ** 2).sum()) / (n - 1)
+  var_network = max(ms_network - ms_residual, 0.0) / k  # E[MS_network] = s_e^2 + k s_n^2
+  denom = var_network + ms_residual / seeds_per_measurement
+  r = var_network / denom if denom > 0 else 0.0
+  return {"networks": int(n), "seeds": [int(s) for s in seeds],
+          "seed_effects": {str(s): float(e) for s, e in zip(seeds, seed)},
+          "noise_sd": math.sqrt(ms_residual), "network_sd": math.sqrt(var_network),
+          "seeds_per_measurement": int(seeds_per_measurement), "reliability": r,
+          "predicted_ceiling_tau": 2 / math.pi * math.asin(r),
+          "predicted_best_estimator_tau": 2 / math.pi * math.asin(math.sqrt(r))}
+
+
 def summarize(plan: Sequence[dict], results: Mapping[str, dict],
               estimators: Mapping[str, Sequence[float]], samples: int = 2000) -> dict:
   """Noise ceiling and per-estimator correlations over the architectures with ground truth."""
@@ -300,6 +332,10 @@ def summarize(plan: Sequence[dict], results: Mapping[str, dict],
     a, b = np.array(pairs).T
     out["single_seed_ceiling"] = {**correlation(a, b, samples),
                                   "mean_abs_seed_difference": float(np.mean(np.abs(a - b)))}
+  per_measurement = max((len(r["seeds"]) for r in plan if not r["ceiling"]), default=1)
+  components = variance_components(gt, per_measurement)
+  if components is not None:
+    out["variance_components"] = components
   table = {}
   for name, values in estimators.items():
     v = [values[i] for i in done]
@@ -334,6 +370,8 @@ def format_summary(summary: dict) -> str:
                    f"{nc['kendall_tau']:.3f} [{nc['kendall_tau_95'][0]:.2f}, "
                    f"{nc['kendall_tau_95'][1]:.2f}], rho {nc['spearman_rho']:.3f}, mean |diff| "
                    f"{nc['mean_abs_seed_difference']:.2f} points")
+  if summary.get("variance_components"):
+    lines.append(variance_sentence(summary["variance_components"]))
   lines.append(f"{'estimator':<28} {'tau':>7} {'95% interval':>16} {'rho':>7} {'best pick':>10}")
   for name, r in summary["estimators"].items():
     if "kendall_tau" not in r:
@@ -393,6 +431,17 @@ ESTIMATOR_NOTES = {
 }
 
 
+def variance_sentence(v: dict) -> str:
+  seeds = ", ".join(f"{s}: {e:+.2f}" for s, e in v["seed_effects"].items())
+  return (f"Seeds {v['seeds'][0]}-{v['seeds'][-1]} of {v['networks']} networks: the networks' "
+          f"top-1 differs by an sd of {v['network_sd']:.2f} points, one training's noise "
+          f"(network x seed) is {v['noise_sd']:.2f} points (seed shifts, common to all: {seeds}); "
+          f"a mean of {v['seeds_per_measurement']} seeds has reliability {v['reliability']:.2f}, "
+          f"so two such measurements are expected to agree with tau "
+          f"{v['predicted_ceiling_tau']:.2f}, and a perfect estimator to reach tau "
+          f"{v['predicted_best_estimator_tau']:.2f} (normal model).")
+
+
 def markdown_table(summary: dict) -> str:
   """The summary as the README shows it (one row per estimator, then the noise ceiling)."""
   def f(x, spec=".2f"):
@@ -418,6 +467,8 @@ def markdown_table(summary: dict) -> str:
       rows.append(f"| *{ceiling_label(summary, key)} ({nc['n']} networks)* | "
                   f"{f(nc['kendall_tau'])} | [{f(lo)}, {f(hi)}] | {f(nc['spearman_rho'])} | "
                   f"mean \\|difference\\| {f(nc['mean_abs_seed_difference'])} points |")
+  if summary.get("variance_components"):
+    rows += ["", variance_sentence(summary["variance_components"]).replace("x seed", "× seed")]
   return "\n".join(rows)
 
 

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bossnas_jax.data import classification, mixing
+from bossnas_jax.data import batching, classification, mixing
 from bossnas_jax.infra import checkpoint_io, errors, files, interrupt, parallel
 from bossnas_jax.models import bossnet, cost
 from bossnas_jax.models import bossnet_spec as bs
@@ -83,11 +83,8 @@ class Run:
     self.dtype = parallel.compute_dtype(config.model.compute_dtype)
     self.model = bossnet.BossNet(self.network, self.dtype)
     self.num_train = int(classification.num_examples(config.data, config.data.train_split))
-    self.steps_per_epoch = self.num_train // int(t.batch_size)
-    if self.steps_per_epoch == 0:
-      raise errors.ConfigError(
-          f"config.train.batch_size = {t.batch_size} is larger than the {self.num_train} images "
-          f"of {config.data.name}:{config.data.train_split}; lower it or use a larger split.")
+    self.steps_per_epoch = batching.steps_per_epoch(
+        self.num_train, int(t.batch_size), f"{config.data.name}:{config.data.train_split}")
     self.total_steps = int(t.epochs) * self.steps_per_epoch
     self.tx, self.schedule = optim.from_config(t, steps_per_epoch=self.steps_per_epoch)
     self.programs = step_lib.Programs(self.model, self.tx, self.mesh, config.augment,
