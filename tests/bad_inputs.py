@@ -94,9 +94,9 @@ def _cases(run: str, tmp: str, ckpt: str) -> list[tuple[str, list[str], str | No
                                    t("c3"), "--model", "bossnet_t0"], None),
       ("convert import fake.pth", ["-m", "bossnas_jax.convert", "import", t("fake.pth"),
                                    t("c4"), "--model", "bossnet_t0"], None),
-      ("train_blocks.py --help", ["launch/train_blocks.py", "--help"], "--config.a.b"),
-      ("retrain.py --help", ["launch/retrain.py", "--help"], "--config.a.b"),
-      ("search.py --help", ["launch/search.py", "--help"], "(default)"),
+      ("train_blocks.py --help", ["launch/train_blocks.py", "--help"], "--config.FIELD"),
+      ("retrain.py --help", ["launch/retrain.py", "--help"], "--config.FIELD"),
+      ("search.py --help", ["launch/search.py", "--help"], "the default)"),
       ("rate.py --workdir /nonexistent A", ["launch/rate.py", "--workdir", "/nonexistent",
                                             "4444-3323-2222-3332"], None),
       ("rate.py --workdir RUN 5433-3230-0010-00", ["launch/rate.py", "--workdir", run,
@@ -123,7 +123,8 @@ def _prepare(tmp: str) -> str:
   ckpt = os.path.join(tmp, "retrain")
   subprocess.run([PY, "launch/retrain.py", "--config", "configs/retrain.py:demo", "--workdir",
                   ckpt, "--arch", "4444-3323-2222-3332", "--config.train.epochs=1",
-                  "--config.data.train_split=train[:256]", "--config.data.eval_split=test[:200]"],
+                  "--config.train.warmup_epochs=0.5", "--config.data.train_split=train[:256]",
+                  "--config.data.eval_split=test[:200]"],
                  cwd=ROOT, check=True, capture_output=True)
   return ckpt
 

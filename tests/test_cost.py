@@ -1,6 +1,10 @@
 """The analytic cost model against docs/method.md#figures and against the Flax models' parameter
 trees."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -212,3 +216,8 @@ def test_cost_command_rates_one_network_or_refuses(capsys):
   assert "expected 4 paths" in capsys.readouterr().err
   with pytest.raises(SystemExit):  # Options of one network without a network.
     cost_report.main(["--resolution", "32"])
+  # The module's old name runs the same command (it used to ignore its arguments, exit 0).
+  proc = subprocess.run([sys.executable, "-m", "bossnas_jax.models.cost", "--arch", "9999"],
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 1 and "expected 4 paths" in proc.stderr

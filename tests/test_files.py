@@ -78,6 +78,12 @@ def test_unusable_workdirs_are_one_clear_error(gcs_bucket, tmp_path):
   with pytest.raises(files.WorkdirError, match="is a file; pass a folder"):
     files.check_workdir(str(tmp_path / "f"))
   assert files.check_workdir(f"{gcs_bucket}/new/run") == f"{gcs_bucket}/new/run"
+  # An output folder that is a file, or that cannot be created: one line naming it (not an
+  # OSError traceback from os.makedirs).
+  with pytest.raises(files.WorkdirError, match="is a file, not a folder"):
+    files.makedirs(str(tmp_path / "f"))
+  with pytest.raises(files.WorkdirError, match="cannot create the folder .*f/sub: Not a dir"):
+    files.makedirs(str(tmp_path / "f" / "sub"))
   assert files.absolute("gs://b/x") == "gs://b/x" and files.absolute("x") == os.path.abspath("x")
 
 

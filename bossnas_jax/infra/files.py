@@ -115,8 +115,19 @@ def isfile(path: str) -> bool:
 
 def makedirs(path: str) -> None:
   """Creates a disk folder; nothing in a bucket, where folders are only name prefixes."""
-  if not is_url(path):
+  if is_url(path):
+    return
+  try:
     os.makedirs(path, exist_ok=True)
+  except FileExistsError:
+    raise WorkdirError(f"{path} is a file, not a folder; pass a folder (--workdir, --out) or "
+                       "move the file.") from None
+  except OSError as e:
+    raise WorkdirError(f"cannot create the folder {path}: {e.strerror}. Pass a folder this user "
+                       "can write to.") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(f"the folder {path} is not writable by this user; pass another one or "
+                       "change its permissions.")
 
 
 def listdir(path: str) -> list[str]:

@@ -495,3 +495,9 @@ def searched_output_side(resolution: int = 224, **config) -> int:
   """Side of a searched BossNet's last feature map (the head's input)."""
   cfg = _searched_config(config)
   return bs.conv_out(_stage_input_sizes(cfg, resolution)[-1], 3, cfg.stride(bs.NUM_STAGES - 1), 1)
+
+
+if __name__ == "__main__":  # The command lives in cost_report (the old name keeps working).
+  from bossnas_jax.models import cost_report
+
+  raise SystemExit(cost_report.main())
