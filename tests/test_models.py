@@ -222,7 +222,11 @@ def test_cpu_layer_forms_under_shard_map_equal_the_plain_ones(monkeypatch):
       x = layers.conv1x1(16, "pw", None)(x)
       x = layers.peg(16, 2, "peg", None)(x)
       x = layers.conv(24, 3, 2, 1, "down", None)(nn.relu(x))
-      return layers.patchify(24, 2, "patch", None)(x)
+      x = layers.patchify(24, 2, "patch", None)(x)
+      # On the 1x1 map left: the centre-tap forms of a 3x3 conv (stride 1 and 2) and of a PEG.
+      x = layers.conv(24, 3, 1, 1, "tap", None)(x)
+      x = layers.peg(24, 1, "tap_peg", None)(x)
+      return layers.conv(32, 3, 2, 1, "tap_down", None)(x)
 
   n = 8
   mesh = jax.make_mesh((n,), (parallel.AXIS,), devices=jax.devices()[:n],
@@ -253,3 +257,28 @@ def test_cpu_layer_forms_under_shard_map_equal_the_plain_ones(monkeypatch):
   assert jax.tree.structure(fast) == jax.tree.structure(plain)
   for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_a_conv_of_a_1x1_map_is_its_centre_tap_without_a_reversed_kernel_copy():
+  """XLA:CPU lowers a 3x3 conv of a 1x1 map (pad 1) to a conv of the kernel reversed in memory at
+  every call; layers.cpu_conv uses the centre tap instead (docs/results.md#latency): same values
+  and gradients, and no `reverse` left in the compiled program."""
+  from jax import lax
+
+  from bossnas_jax.models import layers
+
+  x = jax.random.normal(KEY, (2, 1, 1, 16))
+  k = jax.random.normal(jax.random.key(3), (3, 3, 16, 24))
+  dn = lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+  for stride in (1, 2):
+    def f(conv, x, k, stride=stride):
+      return jnp.sum(jnp.sin(conv(x, k, (stride, stride), ((1, 1), (1, 1)),
+                                  dimension_numbers=dn)))
+    got = jax.value_and_grad(functools.partial(f, layers.cpu_conv), argnums=(0, 1))(x, k)
+    want = jax.value_and_grad(functools.partial(f, lax.conv_general_dilated),
+                              argnums=(0, 1))(x, k)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  hlo = jax.jit(lambda x, k: layers.cpu_conv(x, k, (1, 1), ((1, 1), (1, 1)),
+                                             dimension_numbers=dn)).lower(x, k).compile()
+  assert " reverse(" not in hlo.as_text()

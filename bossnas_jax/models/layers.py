@@ -175,6 +175,23 @@ def _im2col(x, kernel, strides, padding, precision):
                          precision=precision)
 
 
+def _centre_tap(x, kernel, groups: int, precision):
+  """A convolution of a 1x1 map whose padding centres the kernel on it (3x3, pad 1, any stride):
+  only the centre tap meets the pixel, the others meet padding, so it is that tap's 1x1
+  convolution. Left to XLA:CPU, such a convolution copies its whole kernel reversed at every call
+  (a 3x3x512x512 kernel is 9.4 MB): at 32x32 the 7x7 scale is 1x1, and those copies made the
+  demo's networks up to 2x slower than their parts timed alone (docs/results.md#latency). None for
+  a grouped form other than depthwise."""
+  kh, kw = kernel.shape[:2]
+  w = kernel[kh // 2, kw // 2]  # (cin / groups, cout)
+  if groups == 1:
+    return cpu_dense_dot(x, w, (((3,), (0,)), ((), ())), precision=precision)
+  if groups == x.shape[-1] == kernel.shape[-1] and w.shape[0] == 1:
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    return (x.astype(acc) * w[0].astype(acc)).astype(x.dtype)
+  return None
+
+
 def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
              dimension_numbers=None, feature_group_count: int = 1, precision=None):
   """`lax.conv_general_dilated` for `nn.Conv`, in the fastest form on XLA:CPU (same maths; sums in
@@ -186,6 +203,11 @@ def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
     kh, kw, cin_g, cout = rhs.shape
     strides, padding = tuple(window_strides), tuple(tuple(p) for p in padding)
     cin = lhs.shape[-1]
+    if lhs.shape[1:3] == (1, 1) and kh % 2 and kw % 2 and padding == ((kh // 2,) * 2,
+                                                                        (kw // 2,) * 2):
+      y = _centre_tap(lhs, rhs, feature_group_count, precision)
+      if y is not None:
+        return y
     if feature_group_count == cin == cout and cin_g == 1:
       if (kh, kw) == strides and padding == ((0, 0), (0, 0)):
         return _depthwise_patches(lhs, rhs)
