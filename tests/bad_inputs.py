@@ -66,7 +66,7 @@ def _cases(run: str, tmp: str, ckpt: str) -> list[tuple[str, list[str], str | No
         "bossnet_t0", "--dim-head", "16"], None),
       ("convert import T0-nose.npz --model bossnet_t0 --se no (SiLU)",
        ["-m", "bossnas_jax.convert", "import", t("t0_nose.npz"), t("c2"), "--model",
-        "bossnet_t0", "--se", "no", "--dim-head", "16"], None),
+        "bossnet_t0", "--se", "no", "--dim-head", "16"], "note:"),
       ("train_blocks.py --config configs/nope.py", ["launch/train_blocks.py", "--config",
                                                      "configs/nope.py", "--workdir", t("w2")],
        None),
