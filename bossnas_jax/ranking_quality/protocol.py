@@ -435,7 +435,7 @@ def variance_sentence(v: dict) -> str:
   seeds = ", ".join(f"{s}: {e:+.2f}" for s, e in v["seed_effects"].items())
   return (f"Seeds {v['seeds'][0]}-{v['seeds'][-1]} of {v['networks']} networks: the networks' "
           f"top-1 differs by an sd of {v['network_sd']:.2f} points, one training's noise "
-          f"(network x seed) is {v['noise_sd']:.2f} points (seed shifts, common to all: {seeds}); "
+          f"(network × seed) is {v['noise_sd']:.2f} points (seed shifts, common to all: {seeds}); "
           f"a mean of {v['seeds_per_measurement']} seeds has reliability {v['reliability']:.2f}, "
           f"so two such measurements are expected to agree with tau "
           f"{v['predicted_ceiling_tau']:.2f}, and a perfect estimator to reach tau "
@@ -468,7 +468,7 @@ def markdown_table(summary: dict) -> str:
                   f"{f(nc['kendall_tau'])} | [{f(lo)}, {f(hi)}] | {f(nc['spearman_rho'])} | "
                   f"mean \\|difference\\| {f(nc['mean_abs_seed_difference'])} points |")
   if summary.get("variance_components"):
-    rows += ["", variance_sentence(summary["variance_components"]).replace("x seed", "× seed")]
+    rows += ["", variance_sentence(summary["variance_components"])]
   return "\n".join(rows)
 
 
