@@ -152,8 +152,15 @@ def test_ceiling_compares_two_independent_ground_truths(population):
   table = rq.markdown_table(s)
   assert "ceiling: mean of seeds 0-1 against mean of seeds 2-3 (4 networks)" in table
   assert "one-seed ceiling: seed 0 against seed 1 (8 networks)" in table
-  assert s["variance_components"]["networks"] == 8  # seeds 0 and 1 of every network
+  # Seeds 0 and 1 of every network (16 trainings; all 4 seeds of the 4 ceiling networks are as
+  # many, and fewer networks).
+  assert s["variance_components"]["networks"] == 8
   assert "reliability" in table
+  more = {**results, **{rq.job_key(r["architecture"], 4 + k): {"top1": 50.0 + k}
+                        for r in plan if r["ceiling"] for k in range(2)}}
+  plan6 = [{**r, "seeds": [0, 1, 2, 3, 4, 5]} if r["ceiling"] else r for r in plan]
+  v = rq.summarize(plan6, more, {}, samples=50)["variance_components"]
+  assert (v["networks"], v["seeds"]) == (4, [0, 1, 2, 3, 4, 5])  # 24 trainings beat 16
   # Unfinished ceiling networks do not count.
   partial = {k: v for k, v in results.items() if not k.endswith("_s3")}
   assert "noise_ceiling" not in rq.summarize(plan, partial, {}, samples=50)

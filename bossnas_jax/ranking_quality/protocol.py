@@ -333,7 +333,13 @@ def summarize(plan: Sequence[dict], results: Mapping[str, dict],
     out["single_seed_ceiling"] = {**correlation(a, b, samples),
                                   "mean_abs_seed_difference": float(np.mean(np.abs(a - b)))}
   per_measurement = max((len(r["seeds"]) for r in plan if not r["ceiling"]), default=1)
-  components = variance_components(gt, per_measurement)
+  # Seeds 0-1 of every network, or every seed of the ceiling networks: whichever holds more
+  # trainings (more networks on a tie).
+  seed_sets = {(0, 1)} | {tuple(r["seeds"]) for r in plan if r["ceiling"]}
+  found = [v for v in (variance_components(gt, per_measurement, seeds) for seeds in seed_sets)
+           if v is not None]
+  components = max(found, key=lambda v: (v["networks"] * len(v["seeds"]), v["networks"]),
+                   default=None)
   if components is not None:
     out["variance_components"] = components
   table = {}
