@@ -47,8 +47,9 @@ def main(argv):
   print(f"{_OUT.value}: {len(entries)} parts on {head['device_kind']} ({head['backend']}), "
         f"batch {settings.batch}, {settings.dtype}, {settings.resolution}x{settings.resolution}; "
         f"this run {time.perf_counter() - t0:.0f} s; "
-        f"stem {entries['stem']['mean']:.3f} ms, head {entries['head']['mean']:.3f} ms, blocks "
-        + latency.summary_ms(v["mean"] for k, v in entries.items() if k.startswith("block")))
+        f"{latency.STATISTIC}s: stem {latency.entry_ms(table, 'stem'):.3f} ms, head "
+        f"{latency.entry_ms(table, 'head'):.3f} ms, blocks "
+        + latency.summary_ms(latency.entry_ms(table, k) for k in entries if k.startswith("block")))
 
 
 if __name__ == "__main__":

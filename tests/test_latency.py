@@ -61,6 +61,7 @@ def test_table_resumes_records_its_settings_and_refuses_others(tmp_path, monkeyp
   assert calls == names[2:]  # the finished entries are kept, not timed again
   for e in table["entries"].values():
     assert e["count"] == 2 and e["mean"] > 0 and e["std"] >= 0 and e["seconds"] > 0
+    assert e["min"] <= e["median"] <= e["mean"] + e["std"]
   head = table["header"]
   assert (head["resolution"], head["batch"], head["dtype"], head["backend"]) == (32, 1,
                                                                                  "float32", "cpu")
@@ -75,13 +76,21 @@ def test_table_resumes_records_its_settings_and_refuses_others(tmp_path, monkeyp
     latency.load_table(str(tmp_path / "other.json"))
   with pytest.raises(latency.LatencyError, match="does not exist"):
     latency.load_table(str(tmp_path / "none.json"))
+  (tmp_path / "v1.json").write_text(json.dumps({"header": {"format": "bossnas_jax/latency-v1"}}))
+  with pytest.raises(latency.LatencyError, match="older bossnas_jax .*build it again"):
+    latency.load_table(str(tmp_path / "v1.json"))
 
 
 def test_prediction_adds_the_parts_and_names_a_missing_one():
-  entries = {name: {"count": 2, "mean": float(k + 1), "std": 0.0}
-             for k, name in enumerate(_parts(ARCH))}
+  entries = {name: {"count": 2, "mean": float(k + 1), "std": 0.0, "median": float(k + 2),
+                   "min": 0.5} for k, name in enumerate(_parts(ARCH))}
   table = {"header": {}, "entries": entries}
-  assert latency.predict(table, ARCH) == pytest.approx(sum(range(1, 7)))
+  assert latency.predict(table, ARCH, statistic="median") == pytest.approx(sum(range(2, 8)))
+  assert latency.predict(table, ARCH, statistic="mean") == pytest.approx(sum(range(1, 7)))
+  assert latency.predict(table, ARCH) == pytest.approx(3.0)  # the default: the minima
+  table["header"][latency.CONSTANT] = 1.25  # fitted on whole networks (latency_model --calibrate)
+  assert latency.predict(table, ARCH) == pytest.approx(4.25)
+  assert latency.predict(table, ARCH, calibrated=False) == pytest.approx(3.0)
   del table["entries"]["block2_in14_3222"]
   with pytest.raises(latency.LatencyError, match="no entry 'block2_in14_3222'"):
     latency.predict(table, str(ARCH), "t.json")

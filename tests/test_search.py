@@ -399,22 +399,27 @@ def _latency_table(path, seed=0, **settings):
 
   from bossnas_jax.models import latency
   rng = np.random.default_rng(seed)
-  header = {"format": latency.FORMAT,
+  header = {"format": latency.FORMAT, latency.CONSTANT: 0.25,  # as latency_model --calibrate
             **dataclasses.asdict(latency.TableSettings(**settings))}
-  entries = {n: {"count": 2, "mean": float(rng.uniform(0.5, 5.0)), "std": 0.0}
-             for n in latency.part_names()}
+  entries = {}
+  for n in latency.part_names():
+    ms = float(rng.uniform(0.5, 5.0))
+    entries[n] = {"count": 2, "mean": ms, "std": 0.0, "median": ms, "min": ms}
   with open(path, "w") as f:
     json.dump({"header": header, "entries": entries}, f)
   return str(path)
 
 
 def test_exhaustive_and_evolution_with_a_latency_budget(small, tmp_path):
+  from bossnas_jax.models import latency
   d, _ = small
   table = _latency_table(tmp_path / "latency.json")
   problem = sp.load_problem(d, sp.SearchSettings(latency_table=table))
   archs = all_chains(problem)
   evals = [sp.evaluate(problem, a) for a in archs]
-  assert all(e.latency_ms is not None for e in evals)
+  loaded = latency.load_table(table)
+  for e in evals[::7]:  # the search's latency is the table's prediction, constant included
+    assert e.latency_ms == pytest.approx(latency.predict(loaded, e.architecture))
   front = sr.pareto_front(problem)
   quad = lambda e: (e.score, e.cost.madds, e.cost.params, e.latency_ms)  # noqa: E731
   assert {quad(e) for e in front} == naive_front([quad(e) for e in evals])
@@ -467,7 +472,9 @@ def test_research_with_a_latency_budget_records_the_prediction(small, tmp_path):
   d, _ = small
   table = _latency_table(tmp_path / "t.json")
   free = export.research(d, str(tmp_path / "free"), latency_table=table, log=None)
-  budget = 0.8 * free.search.chosen.latency_ms
+  problem = sp.load_problem(d, sp.SearchSettings(latency_table=table))
+  lowest = min(sp.evaluate(problem, a).latency_ms for a in all_chains(problem))
+  budget = round(0.5 * (free.search.chosen.latency_ms + lowest), 3)  # between the two
   got = export.research(d, latency_table=table, max_latency_ms=budget, log=None)
   assert got.search.chosen.latency_ms <= budget
   assert got.files["architecture_json"].endswith(

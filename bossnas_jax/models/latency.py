@@ -10,10 +10,12 @@ latency table times every such part once, on the device the network will run on:
   head                 global average pool and classifier
 
 Each part is compiled with `jax.jit` (inference mode, the table's batch and dtype), warmed up,
-then timed `repeats` times with `block_until_ready`; an entry holds {count, mean, std} in
-milliseconds. A network's predicted latency is the sum of its parts (`predict`); whether that sum
-is right is measured by `benchmarks/latency_model.py`. The table is a JSON file with a header that
-names what it was measured for; a search refuses a table made for another setting.
+then timed `repeats` times with `block_until_ready`; an entry holds {count, mean, std, median,
+min} in milliseconds. A network's predicted latency is the sum of its parts' `STATISTIC`
+(`predict`), plus a constant per network once `benchmarks/latency_model.py --calibrate` has fitted
+one on whole networks; whether that sum is right is measured by that benchmark. The table
+is a JSON file with a header that names what it was measured for; a search refuses a table made
+for another setting.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ from bossnas_jax.infra import errors, files, parallel
 from bossnas_jax.models import bossnet, cost
 from bossnas_jax.models import bossnet_spec as bs
 
-FORMAT = "bossnas_jax/latency-v1"
+FORMAT = "bossnas_jax/latency-v2"  # v1 had no median or min
+# The statistic of an entry that predictions add: the fastest of the repeats, which a shared
+# machine reproduces best (docs/results.md#latency).
+STATISTIC = "min"
+STATISTICS = ("mean", "median", "min")
+# Header field of the per-network constant fitted on whole networks (latency_model --calibrate).
+CONSTANT = "network_constant_ms"
 # Header fields a search must match (the rest describe the device and the timing).
 SETTINGS = ("resolution", "batch", "dtype", "width_multiplier", "num_classes", "dim_head")
 
@@ -144,8 +152,9 @@ def _parse_entry(name: str) -> tuple[int, int, ss.Path]:
 
 
 def time_fn(fn: Callable, *args, repeats: int = 20, warmup: int = 3) -> dict[str, float]:
-  """{count, mean, std} in ms of `fn(*args)` (synchronised with block_until_ready) after
-  `warmup` untimed calls (the first compiles)."""
+  """{count, mean, std, median, min} in ms of `fn(*args)` (synchronised with block_until_ready)
+  after `warmup` untimed calls (the first compiles). A shared machine's slow moments (another
+  process, a VM neighbour) lengthen some calls a lot; they move the mean most, the min least."""
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
   times = []
@@ -154,7 +163,8 @@ def time_fn(fn: Callable, *args, repeats: int = 20, warmup: int = 3) -> dict[str
     jax.block_until_ready(fn(*args))
     times.append(1e3 * (time.perf_counter() - t0))
   return {"count": repeats, "mean": statistics.fmean(times),
-          "std": statistics.stdev(times) if repeats > 1 else 0.0}
+          "std": statistics.stdev(times) if repeats > 1 else 0.0,
+          "median": statistics.median(times), "min": min(times)}
 
 
 def time_part(name: str, settings: TableSettings, repeats: int = 20, warmup: int = 3,
@@ -227,7 +237,13 @@ def load_table(path: str) -> dict:
                        "launch/latency_table.py.") from None
   except (OSError, ValueError) as e:
     raise LatencyError(f"latency table {path} is not readable JSON ({e}).") from None
-  if not isinstance(table, dict) or table.get("header", {}).get("format") != FORMAT:
+  head = table.get("header") if isinstance(table, dict) else None
+  found = head.get("format") if isinstance(head, dict) else None
+  if found == "bossnas_jax/latency-v1":
+    raise LatencyError(f"latency table {path} was made by an older bossnas_jax (latency-v1: "
+                       "means only, no medians or minima); build it again with "
+                       "launch/latency_table.py into a new file.")
+  if found != FORMAT:
     raise LatencyError(f"{path} is not a latency table ({FORMAT}); build one with "
                        "launch/latency_table.py.")
   return table
@@ -244,22 +260,34 @@ def check_settings(head: Mapping, settings: TableSettings, path: str) -> None:
                        "(launch/latency_table.py), or search with the table's.")
 
 
-def entry_ms(table: Mapping, name: str, path: str = "the latency table") -> float:
+def entry_ms(table: Mapping, name: str, path: str = "the latency table",
+             statistic: str = STATISTIC) -> float:
   try:
-    return float(table["entries"][name]["mean"])
+    return float(table["entries"][name][statistic])
   except KeyError:
     raise LatencyError(f"{path} has no entry {name!r}; finish it with launch/latency_table.py "
                        "(it resumes).") from None
 
 
-def predict(table: Mapping, arch: ss.Architecture | str, path: str = "the latency table"
-            ) -> float:
-  """Predicted latency (ms) of the searched BossNet of `arch`: the sum of its parts."""
+def fixed_ms(table: Mapping, path: str = "the latency table", statistic: str = STATISTIC,
+             calibrated: bool = True) -> float:
+  """What every network of the table pays: the stem, the head and (`calibrated`) the constant
+  that `benchmarks/latency_model.py --calibrate` fitted on whole networks and stored in the
+  header (0 before that)."""
+  constant = float(table.get("header", {}).get(CONSTANT, 0.0)) if calibrated else 0.0
+  return (entry_ms(table, "stem", path, statistic) + entry_ms(table, "head", path, statistic)
+          + constant)
+
+
+def predict(table: Mapping, arch: ss.Architecture | str, path: str = "the latency table",
+            statistic: str = STATISTIC, calibrated: bool = True) -> float:
+  """Predicted latency (ms) of the searched BossNet of `arch`: the sum of its parts, plus the
+  table's fitted constant if it has one and `calibrated`."""
   if isinstance(arch, str):
     arch = ss.parse_architecture(arch)
-  total = entry_ms(table, "stem", path) + entry_ms(table, "head", path)
+  total = fixed_ms(table, path, statistic, calibrated)
   for b, p in enumerate(arch.paths):
-    total += entry_ms(table, entry_name(b, arch.input_scale(b), p), path)
+    total += entry_ms(table, entry_name(b, arch.input_scale(b), p), path, statistic)
   return total
 
 

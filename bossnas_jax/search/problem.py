@@ -233,9 +233,8 @@ def build_problem(scores: Mapping[tuple[int, int], Mapping[ss.Path, float]],
   fixed = cost.searched_fixed_cost(resolution, convention, **bossnet_options)
   if latency_table is None:
     return Problem(tables, fixed, resolution, convention, unused)
-  fixed_ms = (latency.entry_ms(latency_table, "stem", latency_path)
-              + latency.entry_ms(latency_table, "head", latency_path))
-  return Problem(tables, fixed, resolution, convention, unused, fixed_ms,
+  return Problem(tables, fixed, resolution, convention, unused,
+                 latency.fixed_ms(latency_table, latency_path),
                  dict(latency_table.get("header", {})))
 
 
