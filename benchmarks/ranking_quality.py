@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from bossnas_jax.data import classification
 from bossnas_jax.infra import cli, compile_cache, files, parallel
 from bossnas_jax.ranking_quality import protocol as rq
-from bossnas_jax.ranking_quality import proxies
+from bossnas_jax.ranking_quality import proxies, report
 from bossnas_jax.rating import rank_files as rt
 from bossnas_jax.retrain import loop
 from bossnas_jax.retrain import state as state_lib
@@ -145,9 +145,10 @@ def write(out_path, settings, plan, results, naswot, wall, stored) -> dict:
   record = {"format": rq.FORMAT_VERSION, "settings": settings, "architectures": rows,
             "jobs": results, "summary": summary, "wall_time_s": round(wall, 1)}
   files.write_json(out_path, record, indent=1)
-  if _README.value and not rq.update_readme(_README.value, summary):
-    print(f"--readme {_README.value} has no ranking table block {rq.README_MARKERS}; not updated")
-  rq.plot(out_path.removesuffix(".json") + ".png", plan, results, est, summary)
+  if _README.value and not report.update_readme(_README.value, summary):
+    print(f"--readme {_README.value} has no ranking table block {report.README_MARKERS}; "
+          "not updated")
+  report.plot(out_path.removesuffix(".json") + ".png", plan, results, est, summary)
   return summary
 
 
@@ -207,7 +208,7 @@ def main(argv):
   # The proxy last (about 30 s per network here, mostly compilation): ground truth comes first.
   naswot = naswot_values(config, plan, naswot, num_classes)
   summary = save(results)
-  print("\n" + rq.format_summary(summary) + "\n\n" + rq.markdown_table(summary))
+  print("\n" + report.format_summary(summary) + "\n\n" + report.markdown_table(summary))
   print(f"\nwrote {out_path} and its .png; benchmark wall time so far "
         f"{(wall + time.perf_counter() - start) / 60:.1f} min")
 

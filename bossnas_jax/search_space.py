@@ -354,6 +354,11 @@ class Architecture:
   def stage_encoding(self) -> tuple[tuple[int, ...], ...]:
     return stage_encoding(self.ops)
 
+  def scale_chain(self) -> tuple[int, ...]:
+    """The scale each block ends at. It fixes the rank file, and so the frozen prefix, that
+    every later block's score comes from (docs/method.md#ranking-evaluation)."""
+    return tuple(output_scale(p) for p in self.paths)
+
 
 def format_architecture(paths: Sequence[Sequence[int]]) -> str:
   return "-".join(format_path(p) for p in paths)

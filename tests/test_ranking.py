@@ -1,6 +1,7 @@
 """Rating architectures from rank files (exact rank, percentile), launch/rate.py, correlations."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -146,6 +147,38 @@ def test_correlations_equal_scipy_with_ties():
   assert 0.5 < lo < correlation.kendall_tau_b(x, y) < hi <= 1.0
   assert (lo, hi) == correlation.bootstrap_interval(x, y, samples=300)  # seeded
   assert correlation.bootstrap_interval(x, y, samples=300, seed=1) != (lo, hi)
+
+
+def test_tau_within_and_between_groups_and_partial_tau():
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, 5, 24).astype(float)  # ties
+  y = x + rng.integers(-2, 3, 24)
+  groups = ["a", "b", "c"] * 8
+  within = correlation.group_pairs(groups, within=True)
+  between = correlation.group_pairs(groups, within=False)
+  assert within.shape == (24, 24) and not np.any(within & between)
+  assert np.all(within | between) and np.all(np.diag(within))
+  # Within one group only, tau-b over its pairs is scipy's tau-b of that group.
+  one = correlation.group_pairs(["a"] * 8 + ["b"] * 16, within=True)
+  assert correlation.kendall_tau_b(x, y, one & (np.arange(24) < 8)[:, None]) == pytest.approx(
+      scipy.stats.kendalltau(x[:8], y[:8]).statistic, abs=1e-12)
+  # Hand-computed: x=[1,2,3,4], y=[1,3,2,4]; the pairs between groups {0,1} and {2,3} are
+  # (0,2),(0,3),(1,3) concordant and (1,2) discordant: tau (3 - 1) / 4.
+  assert correlation.kendall_tau_b([1, 2, 3, 4], [1, 3, 2, 4],
+                                   correlation.group_pairs([0, 0, 1, 1], False)) == 0.5
+  assert math.isnan(correlation.kendall_tau_b([1, 1, 2, 2], [1, 3, 2, 4],
+                                              correlation.group_pairs([0, 0, 1, 1], True)))
+  # Kendall's partial tau, from scipy's three taus; the control's sign does not matter.
+  z = x + rng.normal(0, 2, 24)
+  t = {k: scipy.stats.kendalltau(*v).statistic for k, v in
+       {"xy": (x, y), "xz": (x, z), "yz": (y, z)}.items()}
+  want = (t["xy"] - t["xz"] * t["yz"]) / math.sqrt((1 - t["xz"] ** 2) * (1 - t["yz"] ** 2))
+  assert correlation.partial_kendall_tau(x, y, z) == pytest.approx(want, abs=1e-12)
+  assert correlation.partial_kendall_tau(x, y, -z) == pytest.approx(want, abs=1e-12)
+  # y that is z's order leaves nothing to explain.
+  assert math.isnan(correlation.partial_kendall_tau(x, z, z))
+  lo, hi = correlation.bootstrap_interval(x, y, correlation.partial_kendall_tau, 200, more=[z])
+  assert lo <= want <= hi
 
 
 @pytest.mark.parametrize("how", ["zscore", "rank"])

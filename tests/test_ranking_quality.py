@@ -16,7 +16,8 @@ from test_ranking import _write_run
 from bossnas_jax import search_space as ss
 from bossnas_jax.models import bossnet
 from bossnas_jax.models import bossnet_spec as bs
-from bossnas_jax.ranking_quality import noise, proxies
+from bossnas_jax.ranking_quality import correlation as corr
+from bossnas_jax.ranking_quality import noise, proxies, report
 from bossnas_jax.ranking_quality import protocol as rq
 from bossnas_jax.rating import rank_files as rt
 from bossnas_jax.search import population as population_lib
@@ -129,9 +130,45 @@ def test_summary_ceiling_correlations_and_best_pick(population):
   assert s["estimators"]["constant"]["best_pick_top1"] == pytest.approx(np.mean(truth))
   assert s["estimators"]["constant"]["kendall_tau"] is None
   assert s["estimators"]["half"]["n"] == 5
-  assert "oracle" in rq.format_summary(s) and "ceiling: seed 0 against seed 1" in \
-      rq.format_summary(s)
+  assert "oracle" in report.format_summary(s) and "ceiling: seed 0 against seed 1" in \
+      report.format_summary(s)
   assert "single_seed_ceiling" not in s  # With one seed per measurement it is the ceiling.
+
+
+def test_summary_splits_tau_by_scale_chain_and_partials_out_params(population):
+  plan = rq.sample(population, 16, 4, seed=2, band=(0.0, 1.0))
+  results = rq.run_jobs(plan, {}, _fake_train([]), lambda r: None, log=lambda _: None)
+  gt = rq.ground_truth(plan, results)
+  truth = [float(np.mean(list(gt[r["architecture"]].values()))) for r in plan]
+  chains = [ss.parse_architecture(r["architecture"]).scale_chain() for r in plan]
+  assert len(set(chains)) > 1
+  level = {c: np.mean([t for t, d in zip(truth, chains) if d == c]) for c in chains}
+  est = {"oracle": truth, "chain_level": [level[c] for c in chains],
+         "params": [float(r["params"]) for r in plan]}
+  s = rq.summarize(plan, results, est, samples=100)
+  c = s["scale_chains"]
+  assert c["chains"] == len(set(chains))
+  assert c["pairs_within"] + c["pairs_between"] == 16 * 15 // 2
+  o, lv = s["estimators"]["oracle"], s["estimators"]["chain_level"]
+  assert o["kendall_tau_between_chains"] == pytest.approx(1.0)
+  assert o["variance_share_between_chains"] == pytest.approx(c["ground_truth_variance_share"])
+  # A score that only knows the chain: every pair inside a chain is a tie, its variance is all
+  # between chains.
+  assert lv["variance_share_between_chains"] == pytest.approx(1.0)
+  assert o["pairs_within_chains"] == c["pairs_within"]
+  if c["pairs_within"] >= rq.MIN_PAIRS:
+    assert o["kendall_tau_within_chains"] == pytest.approx(1.0)
+    assert lv["kendall_tau_within_chains"] is None
+  else:  # Too few pairs for a figure: none is given, and the table says why.
+    assert "kendall_tau_within_chains" not in o
+    assert f"– ({c['pairs_within']} pair" in report.markdown_table(s)
+  want = corr.partial_kendall_tau(truth, truth, est["params"])
+  assert o["partial_kendall_tau"] == (None if math.isnan(want) else pytest.approx(want))
+  assert "partial_kendall_tau" not in s["estimators"]["params"]
+  assert s["partial_control"] == "params"
+  text, table = report.format_summary(s), report.markdown_table(s)
+  assert "within a chain" in text and "partial τ given params" in table
+  assert f"{c['chains']} scale chains" in table
 
 
 def test_ceiling_compares_two_independent_ground_truths(population):
@@ -149,7 +186,7 @@ def test_ceiling_compares_two_independent_ground_truths(population):
   assert nc["kendall_tau"] == pytest.approx(-1.0)
   assert s["single_seed_ceiling"]["kendall_tau"] == pytest.approx(1.0)
   assert s["single_seed_ceiling"]["n"] == 8  # every network with seeds 0 and 1
-  table = rq.markdown_table(s)
+  table = report.markdown_table(s)
   assert "ceiling: mean of seeds 0-1 against mean of seeds 2-3 (4 networks)" in table
   assert "one-seed ceiling: seed 0 against seed 1 (8 networks)" in table
   # Seeds 0 and 1 of every network (16 trainings; all 4 seeds of the 4 ceiling networks are as
@@ -301,24 +338,24 @@ def test_readme_table_equals_the_committed_results():
     summary = json.load(f)["summary"]
   with open(os.path.join(root, "README.md")) as f:
     readme = f.read()
-  assert rq.markdown_table(summary) in readme, (
+  assert report.markdown_table(summary) in readme, (
       "README's ranking table differs from benchmarks/results/ranking_quality.json; paste "
-      "rq.markdown_table(summary) (the benchmark prints it) into the README.")
+      "report.markdown_table(summary) (the benchmark prints it) into the README.")
 
 
 def test_update_readme_rewrites_only_the_table_block(tmp_path, population):
   plan = rq.sample(population, 6, 2, seed=4)
   results = rq.run_jobs(plan, {}, _fake_train([]), lambda r: None, log=lambda _: None)
   summary = rq.summarize(plan, results, {"madds": [r["madds"] for r in plan]}, samples=50)
-  start, end = rq.README_MARKERS
+  start, end = report.README_MARKERS
   readme = tmp_path / "README.md"
   readme.write_text(f"# t\nbefore\n{start}\nold table\n{end}\nafter\n")
-  assert rq.update_readme(str(readme), summary)
+  assert report.update_readme(str(readme), summary)
   text = readme.read_text()
-  assert text == f"# t\nbefore\n{start}\n{rq.markdown_table(summary)}\n{end}\nafter\n"
+  assert text == f"# t\nbefore\n{start}\n{report.markdown_table(summary)}\n{end}\nafter\n"
   assert "6 architectures (8 trainings" in text and "| `madds`" in text
   (tmp_path / "other.md").write_text("no block\n")
-  assert not rq.update_readme(str(tmp_path / "other.md"), summary)
+  assert not report.update_readme(str(tmp_path / "other.md"), summary)
 
 
 def test_noise_statistics_separate_the_seed_shift_and_the_churn():

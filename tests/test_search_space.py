@@ -80,6 +80,7 @@ def test_architecture_round_trip_and_chaining():
   assert str(arch) == ss.BOSSNET_T0
   assert ss.parse_architecture("5433323000100000") == arch
   assert [arch.input_scale(b) for b in range(4)] == [3, 1, 0, 0]
+  assert arch.scale_chain() == (1, 0, 0, 0)  # 14, 7, 7, 7: each block's output scale
   assert len(arch.ops) == 16
   # Every chain of a few candidates round-trips.
   for p0, p1 in itertools.islice(itertools.product(ss.candidates(0, 3), ss.candidates(1, 1)), 50):

@@ -16,7 +16,8 @@ The protocol of `benchmarks/ranking_quality.py` (its docstring has the command):
    the script),
    each oriented so that higher means "predicted better", and **summary** (`summarize`): per
    estimator Kendall tau-b and Spearman rho against the mean ground truth, a bootstrap interval
-   for tau, and the ground truth of the network it ranks best. The noise ceiling is the tau
+   for tau, and the ground truth of the network it ranks best; the same tau within and between
+   scale chains, and Kendall's partial tau given the parameter count. The noise ceiling is the tau
    between the two independent measurements of the ceiling networks (the mean of seeds
    0..seeds-1 against the mean of seeds seeds..2*seeds-1): no estimator can be trusted to rank
    better than the ground truth agrees with itself.
@@ -33,10 +34,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from bossnas_jax import search_space as ss
-from bossnas_jax.infra import errors, files
+from bossnas_jax.infra import errors
 from bossnas_jax.ranking_quality import correlation as corr
 from bossnas_jax.rating import rank_files as rt
-from bossnas_jax.search import export, population
+from bossnas_jax.search import population
 from bossnas_jax.search import problem as sp
 
 FORMAT_VERSION = 1
@@ -241,8 +242,38 @@ def best_pick(values: Sequence[float], truth: Sequence[float]) -> tuple[int, flo
   return int(top[0]), float(np.mean(np.asarray(truth)[top]))
 
 
+def scale_chain(arch: str) -> tuple[int, ...]:
+  return ss.parse_architecture(arch).scale_chain()
+
+
+def variance_share(values: Sequence[float], groups: Sequence) -> float:
+  """The share of the values' variance that lies between groups (R^2 of the group means)."""
+  v = np.asarray(values, np.float64)
+  total = float(np.sum((v - v.mean()) ** 2))
+  if total == 0:
+    return float("nan")
+  inside = 0.0
+  for g in set(groups):
+    m = np.array([x == g for x in groups])
+    inside += float(np.sum((v[m] - v[m].mean()) ** 2))
+  return 1 - inside / total
+
+
+# The fewest pairs of networks a tau within or between scale chains is reported for.
+MIN_PAIRS = 10
+
+
+def _grouped_tau(within: bool) -> Callable[..., float]:
+  """tau-b over the pairs within (or between) groups coded as numbers in the third column."""
+  return lambda x, y, g: corr.kendall_tau_b(x, y, corr.group_pairs(list(g), within))
+
+
 def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 2000,
-                seed: int = 0) -> dict:
+                seed: int = 0, chains: Sequence | None = None,
+                control: Sequence[float] | None = None) -> dict:
+  """tau-b with its bootstrap interval, and Spearman rho, of values against truth. With `chains`
+  (one scale chain per row): tau over the pairs of networks of other chains and of one chain, and
+  the values' variance share between chains. With `control`: Kendall's partial tau given it."""
   v, t = np.asarray(values, np.float64), np.asarray(truth, np.float64)
   ok = ~np.isnan(v) & np.isfinite(t)  # NaN: no value (not computed, or no rating)
   v, t = v[ok], t[ok]
@@ -252,9 +283,31 @@ def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 
   if len(v) < 3:
     return {"n": int(len(v))}
   lo, hi = corr.bootstrap_interval(v, t, samples=samples, seed=seed)
-  return {"n": int(len(v)), "kendall_tau": json_number(corr.kendall_tau_b(v, t)),
-          "spearman_rho": json_number(corr.spearman_rho(v, t)),
-          "kendall_tau_95": [json_number(lo), json_number(hi)]}
+  out = {"n": int(len(v)), "kendall_tau": json_number(corr.kendall_tau_b(v, t)),
+         "spearman_rho": json_number(corr.spearman_rho(v, t)),
+         "kendall_tau_95": [json_number(lo), json_number(hi)]}
+  if chains is not None:
+    g = [c for c, keep in zip(chains, ok) if keep]
+    codes = np.array([list(dict.fromkeys(g)).index(c) for c in g], np.float64)
+    for key, within in (("between_chains", False), ("within_chains", True)):
+      pairs = int(corr.group_pairs(g, within)[np.triu_indices(len(g), 1)].sum())
+      out[f"pairs_{key}"] = pairs
+      if pairs < MIN_PAIRS:  # A tau of a pair or two is a coin, not a figure.
+        continue
+      tau = _grouped_tau(within)
+      lo, hi = corr.bootstrap_interval(v, t, tau, samples, seed=seed, more=[codes])
+      out[f"kendall_tau_{key}"] = json_number(tau(v, t, codes))
+      out[f"kendall_tau_{key}_95"] = [json_number(lo), json_number(hi)]
+    out["variance_share_between_chains"] = json_number(variance_share(v, g))
+  if control is not None:
+    z = np.asarray(control, np.float64)[ok]
+    has = np.isfinite(z)
+    v, t, z = v[has], t[has], z[has]
+    lo, hi = corr.bootstrap_interval(v, t, corr.partial_kendall_tau, samples, seed=seed,
+                                     more=[z])
+    out["partial_kendall_tau"] = json_number(corr.partial_kendall_tau(v, t, z))
+    out["partial_kendall_tau_95"] = [json_number(lo), json_number(hi)]
+  return out
 
 
 def json_number(x: float) -> float | None:
@@ -306,31 +359,46 @@ def variance_components(gt: Mapping[str, Mapping[int, float]], seeds_per_measure
 
 
 def summarize(plan: Sequence[dict], results: Mapping[str, dict],
-              estimators: Mapping[str, Sequence[float]], samples: int = 2000) -> dict:
-  """Noise ceiling and per-estimator correlations over the architectures with ground truth."""
+              estimators: Mapping[str, Sequence[float]], samples: int = 2000,
+              control: str | None = "params") -> dict:
+  """Noise ceiling and per-estimator correlations over the architectures with ground truth.
+
+  Beside each tau: the same tau over the pairs of networks of different scale chains and of one
+  chain (`Architecture.scale_chain`; the chain fixes which rank files, and so which frozen
+  prefixes, a BossNAS score is summed from), and Kendall's partial tau given the `control`
+  estimator (what an estimator says beyond the cheapest baseline)."""
   gt = ground_truth(plan, results)
   archs = [row["architecture"] for row in plan]
   done = [i for i, a in enumerate(archs) if a in gt]
   truth = [float(np.mean(list(gt[archs[i]].values()))) for i in done]
+  chains = [scale_chain(archs[i]) for i in done]
   out: dict = {"architectures_with_ground_truth": len(done),
                "trainings": sum(map(len, gt.values())),
                "ground_truth_top1": {"mean": float(np.mean(truth)) if truth else None,
                                      "min": min(truth, default=None),
                                      "max": max(truth, default=None)}}
-  halves = [ceiling_halves(row, gt.get(row["architecture"], {})) for row in plan
-            if row["ceiling"]]
-  halves = [h for h in halves if h is not None]
+  if len(done) >= 3:
+    within = corr.group_pairs(chains, True)[np.triu_indices(len(done), 1)]
+    out["scale_chains"] = {"chains": len(set(chains)), "pairs_within": int(within.sum()),
+                           "pairs_between": int((~within).sum()),
+                           "ground_truth_variance_share": json_number(
+                               variance_share(truth, chains))}
+  halves = [(row["architecture"], ceiling_halves(row, gt.get(row["architecture"], {})))
+            for row in plan if row["ceiling"]]
+  halves = [(arch, h) for arch, h in halves if h is not None]
   if len(halves) >= 3:
-    a, b = np.array(halves).T
-    out["noise_ceiling"] = {**correlation(a, b, samples),
+    a, b = np.array([h for _, h in halves]).T
+    out["noise_ceiling"] = {**correlation(a, b, samples,
+                                          chains=[scale_chain(x) for x, _ in halves]),
                             "seeds_per_measurement": next(len(r["seeds"]) // 2 for r in plan
                                                           if r["ceiling"]),
                             "mean_abs_seed_difference": float(np.mean(np.abs(a - b)))}
   # The ceiling of a ground truth of one seed: seed 0 against seed 1, wherever both exist.
-  pairs = [(v[0], v[1]) for v in gt.values() if 0 in v and 1 in v]
+  pairs = [(arch, v[0], v[1]) for arch, v in gt.items() if 0 in v and 1 in v]
   if len(pairs) >= 3 and out.get("noise_ceiling", {}).get("seeds_per_measurement") != 1:
-    a, b = np.array(pairs).T
-    out["single_seed_ceiling"] = {**correlation(a, b, samples),
+    a, b = np.array([p[1:] for p in pairs]).T
+    out["single_seed_ceiling"] = {**correlation(a, b, samples,
+                                                chains=[scale_chain(p[0]) for p in pairs]),
                                   "mean_abs_seed_difference": float(np.mean(np.abs(a - b)))}
   per_measurement = max((len(r["seeds"]) for r in plan if not r["ceiling"]), default=1)
   # Seeds 0-1 of every network, or every seed of the ceiling networks: whichever holds more
@@ -342,154 +410,18 @@ def summarize(plan: Sequence[dict], results: Mapping[str, dict],
                    default=None)
   if components is not None:
     out["variance_components"] = components
+  z = [estimators[control][i] for i in done] if control in estimators else None
   table = {}
   for name, values in estimators.items():
     v = [values[i] for i in done]
-    row = correlation(v, truth, samples)
+    row = correlation(v, truth, samples, chains=chains,
+                      control=z if name != control else None)
     if row["n"] >= 3:
       finite = [x if math.isfinite(x) else -math.inf for x in v]
       i, acc = best_pick(finite, truth)
       row.update(best_pick_architecture=archs[done[i]], best_pick_top1=acc)
     table[name] = row
   out["estimators"] = table
+  if z is not None:
+    out["partial_control"] = control
   return out
-
-
-def ceiling_label(summary: dict, key: str) -> str:
-  """What a ceiling compares: the ground truth measured twice, or (single_seed_ceiling) one seed
-  against another."""
-  k = summary.get(key, {}).get("seeds_per_measurement", 1)
-  if key == "single_seed_ceiling" or k == 1:
-    what = "seed 0 against seed 1"
-  else:
-    what = f"mean of seeds 0-{k - 1} against mean of seeds {k}-{2 * k - 1}"
-  return ("ceiling" if key == "noise_ceiling" else "one-seed ceiling") + ": " + what
-
-
-def format_summary(summary: dict) -> str:
-  lines = [f"{summary['architectures_with_ground_truth']} architectures with ground truth "
-           f"({summary['trainings']} trainings)"]
-  for key in ("noise_ceiling", "single_seed_ceiling"):
-    nc = summary.get(key)
-    if nc and "kendall_tau" in nc:
-      lines.append(f"{ceiling_label(summary, key)} ({nc['n']} architectures): tau "
-                   f"{nc['kendall_tau']:.3f} [{nc['kendall_tau_95'][0]:.2f}, "
-                   f"{nc['kendall_tau_95'][1]:.2f}], rho {nc['spearman_rho']:.3f}, mean |diff| "
-                   f"{nc['mean_abs_seed_difference']:.2f} points")
-  if summary.get("variance_components"):
-    lines.append(variance_sentence(summary["variance_components"]))
-  lines.append(f"{'estimator':<28} {'tau':>7} {'95% interval':>16} {'rho':>7} {'best pick':>10}")
-  for name, r in summary["estimators"].items():
-    if "kendall_tau" not in r:
-      lines.append(f"{name:<28} (fewer than 3 architectures)")
-      continue
-    if r["kendall_tau"] is None:
-      lines.append(f"{name:<28} (undefined: the estimator is constant)")
-      continue
-    lo, hi = r["kendall_tau_95"]
-    lines.append(f"{name:<28} {r['kendall_tau']:7.3f} {f'[{lo:.2f}, {hi:.2f}]':>16} "
-                 f"{r['spearman_rho']:7.3f} {r['best_pick_top1']:9.2f}%")
-  return "\n".join(lines)
-
-
-def plot(path: str, plan: Sequence[dict], results: Mapping[str, dict],
-         estimators: Mapping[str, Sequence[float]], summary: dict) -> str:
-  """One scatter per estimator: its value against the mean ground-truth top-1."""
-  gt = ground_truth(plan, results)
-  archs = [row["architecture"] for row in plan]
-  names = list(estimators)
-  cols = 3
-  rows = math.ceil(len(names) / cols)
-  fig = export.figure(4.2 * cols, 3.4 * rows, dpi=100)
-  for k, name in enumerate(names):
-    ax = fig.add_subplot(rows, cols, k + 1)
-    pts = [(estimators[name][i], np.mean(list(gt[a].values())), plan[i]["group"])
-           for i, a in enumerate(archs) if a in gt and math.isfinite(estimators[name][i])]
-    for group, marker in (("random", "o"), ("score_spread", "^")):
-      xs = [p[0] for p in pts if p[2] == group]
-      ys = [p[1] for p in pts if p[2] == group]
-      ax.scatter(xs, ys, s=14, marker=marker, label=group.replace("_", " "))
-    r = summary["estimators"].get(name, {})
-    tau = f"tau {r['kendall_tau']:.2f}" if r.get("kendall_tau") is not None else ""
-    ax.set_title(f"{name}  {tau}", fontsize=9)
-    ax.set_xlabel("estimator (higher = predicted better)", fontsize=8)
-    ax.set_ylabel("top-1 (%)", fontsize=8)
-    ax.tick_params(labelsize=7)
-    if k == 0:
-      ax.legend(fontsize=7)
-  fig.tight_layout()
-  return export.save_figure(fig, path)
-
-
-ESTIMATOR_NOTES = {
-    "bossnas": "BossNAS score of the judged search (final rating; the search's sum)",
-    "bossnas_first_rating": "the same search, after block training's first rating",
-    "bossnas_zscore": "final rating, z-scored per (block, input scale)",
-    "bossnas_rank_norm": "final rating, rank-normalised per (block, input scale)",
-    "bossnas_long": "BossNAS score of the longer search",
-    "bossnas_long_first_rating": "the longer search, after its first rating",
-    "bossnas_long_zscore": "longer search, z-scored per (block, input scale)",
-    "bossnas_long_rank_norm": "longer search, rank-normalised per (block, input scale)",
-    "madds": "MAdds of the retrained network",
-    "params": "parameters of the retrained network",
-    "naswot": "NASWOT at initialisation (Mellor et al. 2021)",
-    "random": "uniform random values (one fixed draw)",
-}
-
-
-def variance_sentence(v: dict) -> str:
-  seeds = ", ".join(f"{s}: {e:+.2f}" for s, e in v["seed_effects"].items())
-  return (f"Seeds {v['seeds'][0]}-{v['seeds'][-1]} of {v['networks']} networks: the networks' "
-          f"top-1 differs by an sd of {v['network_sd']:.2f} points, one training's noise "
-          f"(network × seed) is {v['noise_sd']:.2f} points (seed shifts, common to all: {seeds}); "
-          f"a mean of {v['seeds_per_measurement']} seeds has reliability {v['reliability']:.2f}, "
-          f"so two such measurements are expected to agree with tau "
-          f"{v['predicted_ceiling_tau']:.2f}, and a perfect estimator to reach tau "
-          f"{v['predicted_best_estimator_tau']:.2f} (normal model).")
-
-
-def markdown_table(summary: dict) -> str:
-  """The summary as the README shows it (one row per estimator, then the noise ceiling)."""
-  def f(x, spec=".2f"):
-    return "–" if x is None else format(x, spec)
-
-  gt = summary["ground_truth_top1"]
-  rows = [f"Ground truth of {summary['architectures_with_ground_truth']} architectures "
-          f"({summary['trainings']} trainings"
-          + (f"; top-1 {gt['min']:.2f}–{gt['max']:.2f}%, mean {gt['mean']:.2f}%" if gt["mean"]
-             is not None else "") + "):", "",
-          "| estimator | Kendall τ | 95% interval | Spearman ρ | top-1 of its best pick |",
-          "|---|---|---|---|---|"]
-  for name, r in summary["estimators"].items():
-    if "kendall_tau" not in r:
-      continue
-    lo, hi = r["kendall_tau_95"]
-    rows.append(f"| `{name}`: {ESTIMATOR_NOTES.get(name, name)} | {f(r['kendall_tau'])} | "
-                f"[{f(lo)}, {f(hi)}] | {f(r['spearman_rho'])} | {f(r['best_pick_top1'])}% |")
-  for key in ("noise_ceiling", "single_seed_ceiling"):
-    nc = summary.get(key)
-    if nc and "kendall_tau" in nc:
-      lo, hi = nc["kendall_tau_95"]
-      rows.append(f"| *{ceiling_label(summary, key)} ({nc['n']} networks)* | "
-                  f"{f(nc['kendall_tau'])} | [{f(lo)}, {f(hi)}] | {f(nc['spearman_rho'])} | "
-                  f"mean \\|difference\\| {f(nc['mean_abs_seed_difference'])} points |")
-  if summary.get("variance_components"):
-    rows += ["", variance_sentence(summary["variance_components"])]
-  return "\n".join(rows)
-
-
-README_MARKERS = ("<!-- ranking table: benchmarks/results/ranking_quality.json -->",
-                  "<!-- end of ranking table -->")
-
-
-def update_readme(path: str, summary: dict) -> bool:
-  """Replaces the table between README_MARKERS in `path` by `markdown_table(summary)`; False
-  (and nothing written) when the file has no such block."""
-  text = files.read_text(path)
-  start, end = README_MARKERS
-  i, j = text.find(start), text.find(end)
-  if i < 0 or j < i:
-    return False
-  files.write_text(path, text[:i + len(start)] + "\n" + markdown_table(summary) + "\n"
-                   + text[j:])
-  return True
