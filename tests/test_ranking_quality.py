@@ -164,6 +164,7 @@ def test_summary_splits_tau_by_scale_chain_and_partials_out_params(population):
     assert f"– ({c['pairs_within']} pair" in report.markdown_table(s)
   want = corr.partial_kendall_tau(truth, truth, est["params"])
   assert o["partial_kendall_tau"] == (None if math.isnan(want) else pytest.approx(want))
+  assert o["kendall_tau_with_control"] == pytest.approx(corr.kendall_tau_b(truth, est["params"]))
   assert "partial_kendall_tau" not in s["estimators"]["params"]
   assert s["partial_control"] == "params"
   text, table = report.format_summary(s), report.markdown_table(s)

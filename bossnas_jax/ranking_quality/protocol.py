@@ -273,7 +273,8 @@ def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 
                 control: Sequence[float] | None = None) -> dict:
   """tau-b with its bootstrap interval, and Spearman rho, of values against truth. With `chains`
   (one scale chain per row): tau over the pairs of networks of other chains and of one chain, and
-  the values' variance share between chains. With `control`: Kendall's partial tau given it."""
+  the values' variance share between chains. With `control`: Kendall's partial tau given it, and
+  tau between the values and the control."""
   v, t = np.asarray(values, np.float64), np.asarray(truth, np.float64)
   ok = ~np.isnan(v) & np.isfinite(t)  # NaN: no value (not computed, or no rating)
   v, t = v[ok], t[ok]
@@ -306,6 +307,7 @@ def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 
     lo, hi = corr.bootstrap_interval(v, t, corr.partial_kendall_tau, samples, seed=seed,
                                      more=[z])
     out["partial_kendall_tau"] = json_number(corr.partial_kendall_tau(v, t, z))
+    out["kendall_tau_with_control"] = json_number(corr.kendall_tau_b(v, z))
     out["partial_kendall_tau_95"] = [json_number(lo), json_number(hi)]
   return out
 

@@ -113,7 +113,9 @@ def format_summary(summary: dict) -> str:
                  f"{_chain_tau(r, 'between_chains'):>19} "
                  f"{_chain_tau(r, 'within_chains'):>20} "
                  f"{_with_interval(r, 'partial_kendall_tau'):>20} "
-                 f"{r['best_pick_top1']:8.2f}%")
+                 f"{r['best_pick_top1']:8.2f}%"
+                 + (f"  (tau with {control} {r['kendall_tau_with_control']:+.2f})"
+                    if r.get("kendall_tau_with_control") is not None else ""))
   return "\n".join(lines)
 
 
