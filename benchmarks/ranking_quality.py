@@ -18,7 +18,10 @@ truth is measured twice, independently: the agreement of the two is the noise ce
 Every finished training is written to --out at once (with the plan, the estimators, the summary
 and a scatter plot next to it), so the benchmark resumes from --out even on another machine; a
 training killed midway resumes from its checkpoint in --workdir. `--summary_only` recomputes the
-estimators and the summary without training.
+estimators and the summary without training; `--keep_estimators` keeps the stored BossNAS
+estimators (for a rerun next to a `runs/demo` that is not the judged one). The summary also splits
+every tau into pairs of networks of different scale chains and of one chain, and gives Kendall's
+partial tau given the parameter count.
 """
 
 import os
@@ -54,6 +57,10 @@ _EVAL_SPLIT = flags.DEFINE_string("eval_split", "test", "Split of the ground tru
 _PROXY_IMAGES = flags.DEFINE_integer("proxy_images", 128, "Training images for NASWOT.")
 _README = flags.DEFINE_string("readme", None, "Also rewrite the ranking table of this README.")
 _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False, "Recompute the summary, train nothing.")
+_KEEP = flags.DEFINE_bool(
+    "keep_estimators", False,
+    "Keep the stored BossNAS estimators even where the search workdirs exist here (a rerun of the "
+    "demo on another machine has slightly different rank files: it is not the judged search).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -115,10 +122,13 @@ def estimators(plan, settings: dict, stored: dict, naswot: dict) -> dict[str, li
   for name in ("bossnas", "bossnas_long"):
     workdir = settings.get("search" if name == "bossnas" else "long_search")
     names = (name, f"{name}_first_rating", f"{name}_zscore", f"{name}_rank_norm")
-    if workdir and files.isdir(workdir):
+    here = bool(workdir) and files.isdir(workdir)
+    has_stored = any(k in stored for k in names)
+    if here and not (_KEEP.value and has_stored):
       out.update(rq.rank_file_estimators(workdir, archs, name))
-    elif any(k in stored for k in names):  # Judged earlier, on another machine.
-      print(f"{workdir or name}: not here; keeping the stored {name} estimators")
+    elif has_stored:  # Judged earlier, on another machine.
+      why = "--keep_estimators" if here else "not here"
+      print(f"{workdir or name}: {why}; keeping the stored {name} estimators")
       out.update({k: stored[k] for k in names if k in stored})
   out["madds"] = [float(r["madds"]) for r in plan]
   out["params"] = [float(r["params"]) for r in plan]

@@ -164,12 +164,41 @@ def test_summary_splits_tau_by_scale_chain_and_partials_out_params(population):
     assert f"– ({c['pairs_within']} pair" in report.markdown_table(s)
   want = corr.partial_kendall_tau(truth, truth, est["params"])
   assert o["partial_kendall_tau"] == (None if math.isnan(want) else pytest.approx(want))
+  want = corr.partial_kendall_tau(est["chain_level"], truth, est["params"])
+  assert lv["partial_kendall_tau"] == (None if math.isnan(want) else pytest.approx(want))
   assert o["kendall_tau_with_control"] == pytest.approx(corr.kendall_tau_b(truth, est["params"]))
   assert "partial_kendall_tau" not in s["estimators"]["params"]
   assert s["partial_control"] == "params"
   text, table = report.format_summary(s), report.markdown_table(s)
   assert "within a chain" in text and "partial τ given params" in table
   assert f"{c['chains']} scale chains" in table
+
+
+def test_correlation_by_chain_needs_enough_pairs_and_partial_skips_missing_controls():
+  truth = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+  est = [2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 8.0, -math.inf]  # -inf: ranked last, kept
+  two = ["a"] * 4 + ["b"] * 4  # 12 pairs within, 16 between
+  r = rq.correlation(est, truth, 200, chains=two, control=[1, 1, 2, 2, 3, 3, 4, np.nan])
+  assert r["n"] == 8 and r["pairs_within_chains"] == 12 and r["pairs_between_chains"] == 16
+  within = corr.group_pairs(two, True)
+  stand_in = [2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 8.0, 0.0]
+  assert r["kendall_tau_within_chains"] == pytest.approx(
+      corr.kendall_tau_b(stand_in, truth, within))
+  # The share is of the finite values (the -inf row's stand-in must not shift it).
+  assert r["variance_share_between_chains"] == pytest.approx(
+      rq.variance_share(est[:7], two[:7]))
+  # The control is missing for the last row: the partial tau is over the other 7.
+  assert r["n_partial"] == 7
+  assert r["partial_kendall_tau"] == pytest.approx(
+      corr.partial_kendall_tau(est[:7], truth[:7], [1, 1, 2, 2, 3, 3, 4]))
+  lo, hi = r["partial_kendall_tau_95"]
+  assert lo <= r["partial_kendall_tau"] <= hi
+  # Eight chains of one network each: no pair within, so no within-chain figure at all.
+  r = rq.correlation(est, truth, 200, chains=list("abcdefgh"))
+  assert r["pairs_within_chains"] == 0 and "kendall_tau_within_chains" not in r
+  assert r["kendall_tau_between_chains"] == pytest.approx(r["kendall_tau"])
+  # Hand-computed share: chain means 1 and 11 of [0, 2, 10, 12]: 100 of 104 between.
+  assert rq.variance_share([0, 2, 10, 12], [0, 0, 1, 1]) == pytest.approx(100 / 104)
 
 
 def test_ceiling_compares_two_independent_ground_truths(population):

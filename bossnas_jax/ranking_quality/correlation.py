@@ -54,7 +54,8 @@ def group_pairs(groups: Sequence, within: bool) -> np.ndarray:
 def partial_kendall_tau(x: Sequence[float], y: Sequence[float], z: Sequence[float]) -> float:
   """Kendall's partial tau of x and y given z (Kendall 1942):
   (t_xy - t_xz t_yz) / sqrt((1 - t_xz^2) (1 - t_yz^2)), what x says about y beyond what z says.
-  The sign of z does not matter. NaN where z orders x or y completely (nothing is left)."""
+  Kendall defined it with tau-a; tau-b in its place is the usual extension to ties. The sign of z
+  does not matter. NaN where z orders x or y completely (nothing is left)."""
   txy, txz, tyz = kendall_tau_b(x, y), kendall_tau_b(x, z), kendall_tau_b(y, z)
   denom = (1 - txz * txz) * (1 - tyz * tyz)
   return (txy - txz * tyz) / math.sqrt(denom) if denom > 1e-12 else float("nan")
@@ -74,7 +75,9 @@ def bootstrap_interval(x: Sequence[float], y: Sequence[float],
                        samples: int = 2000, level: float = 0.95, seed: int = 0,
                        more: Sequence[Sequence[float]] = ()) -> tuple[float, float]:
   """Percentile bootstrap interval of `statistic(x, y, *more)` over resampled rows (`more`:
-  further columns, e.g. the control of a partial tau)."""
+  further columns, e.g. the control of a partial tau). A resample whose statistic is undefined
+  (e.g. no untied pair left within a group) is skipped; if more than half are, the interval is
+  NaN rather than one over the few resamples that happened to be defined."""
   cols = [np.asarray(c, np.float64) for c in (x, y, *more)]
   rng = np.random.default_rng(seed)
   values = []
@@ -83,7 +86,7 @@ def bootstrap_interval(x: Sequence[float], y: Sequence[float],
     v = statistic(*(c[i] for c in cols))
     if math.isfinite(v):
       values.append(v)
-  if not values:  # e.g. a constant estimator: tau is undefined in every resample
+  if 2 * len(values) < samples:  # e.g. a constant estimator: tau is undefined in every resample
     return float("nan"), float("nan")
   lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
   return float(lo), float(hi)

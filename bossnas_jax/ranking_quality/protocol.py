@@ -259,7 +259,7 @@ def variance_share(values: Sequence[float], groups: Sequence) -> float:
   return 1 - inside / total
 
 
-# The fewest pairs of networks a tau within or between scale chains is reported for.
+# The fewest pairs of networks (tied or not) a tau within or between scale chains is given for.
 MIN_PAIRS = 10
 
 
@@ -279,7 +279,8 @@ def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 
   ok = ~np.isnan(v) & np.isfinite(t)  # NaN: no value (not computed, or no rating)
   v, t = v[ok], t[ok]
   # -inf is a real verdict (NASWOT's singular kernel): below every finite value, not dropped.
-  finite = v[np.isfinite(v)]
+  is_finite = np.isfinite(v)
+  finite = v[is_finite]
   v = np.where(np.isneginf(v), finite.min() - 1 if len(finite) else -1.0, v)
   if len(v) < 3:
     return {"n": int(len(v))}
@@ -290,6 +291,9 @@ def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 
   if chains is not None:
     g = [c for c, keep in zip(chains, ok) if keep]
     codes = np.array([list(dict.fromkeys(g)).index(c) for c in g], np.float64)
+    # Of the finite values only: the share must not depend on the stand-in for -inf above.
+    out["variance_share_between_chains"] = json_number(variance_share(
+        finite, [c for c, f in zip(g, is_finite) if f]) if len(finite) >= 2 else float("nan"))
     for key, within in (("between_chains", False), ("within_chains", True)):
       pairs = int(corr.group_pairs(g, within)[np.triu_indices(len(g), 1)].sum())
       out[f"pairs_{key}"] = pairs
@@ -299,16 +303,17 @@ def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 
       lo, hi = corr.bootstrap_interval(v, t, tau, samples, seed=seed, more=[codes])
       out[f"kendall_tau_{key}"] = json_number(tau(v, t, codes))
       out[f"kendall_tau_{key}_95"] = [json_number(lo), json_number(hi)]
-    out["variance_share_between_chains"] = json_number(variance_share(v, g))
   if control is not None:
     z = np.asarray(control, np.float64)[ok]
     has = np.isfinite(z)
     v, t, z = v[has], t[has], z[has]
-    lo, hi = corr.bootstrap_interval(v, t, corr.partial_kendall_tau, samples, seed=seed,
-                                     more=[z])
-    out["partial_kendall_tau"] = json_number(corr.partial_kendall_tau(v, t, z))
-    out["kendall_tau_with_control"] = json_number(corr.kendall_tau_b(v, z))
-    out["partial_kendall_tau_95"] = [json_number(lo), json_number(hi)]
+    out["n_partial"] = int(len(v))
+    if len(v) >= 3:
+      lo, hi = corr.bootstrap_interval(v, t, corr.partial_kendall_tau, samples, seed=seed,
+                                       more=[z])
+      out["partial_kendall_tau"] = json_number(corr.partial_kendall_tau(v, t, z))
+      out["partial_kendall_tau_95"] = [json_number(lo), json_number(hi)]
+      out["kendall_tau_with_control"] = json_number(corr.kendall_tau_b(v, z))
   return out
 
 
