@@ -247,8 +247,11 @@ def scale_chain(arch: str) -> tuple[int, ...]:
 
 
 def variance_share(values: Sequence[float], groups: Sequence) -> float:
-  """The share of the values' variance that lies between groups (R^2 of the group means)."""
+  """The share of the values' variance that lies between groups (R^2 of the group means);
+  NaN with fewer than two values or none of them apart."""
   v = np.asarray(values, np.float64)
+  if len(v) < 2:
+    return float("nan")
   total = float(np.sum((v - v.mean()) ** 2))
   if total == 0:
     return float("nan")
@@ -293,7 +296,7 @@ def correlation(values: Sequence[float], truth: Sequence[float], samples: int = 
     codes = np.array([list(dict.fromkeys(g)).index(c) for c in g], np.float64)
     # Of the finite values only: the share must not depend on the stand-in for -inf above.
     out["variance_share_between_chains"] = json_number(variance_share(
-        finite, [c for c, f in zip(g, is_finite) if f]) if len(finite) >= 2 else float("nan"))
+        finite, [c for c, f in zip(g, is_finite) if f]))
     for key, within in (("between_chains", False), ("within_chains", True)):
       pairs = int(corr.group_pairs(g, within)[np.triu_indices(len(g), 1)].sum())
       out[f"pairs_{key}"] = pairs
